@@ -1,0 +1,2 @@
+#include "cimageio.h"
+int cimg_version(void) { return 1; }
