@@ -1,9 +1,212 @@
+/* Hot kernels for decode passes. The AVX2/FMA versions are compiled with a target attribute
+   and picked at run time, so the package still runs (slower) on any x86-64 or non-x86 CPU. */
 #include "ckernels.h"
-int ck_has_avx2_fma(void) {
+#include <math.h>
+#include <string.h>
 #if defined(__x86_64__)
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#include <immintrin.h>
+#define CK_X86 1
+#endif
+
+int ck_has_avx2_fma(void) {
+#ifdef CK_X86
+    static int cached = -1;
+    if (cached < 0) {
+        __builtin_cpu_init();
+        cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    }
+    return cached;
 #else
     return 0;
 #endif
+}
+
+/* ------------------------------------------------------------------ portable fallbacks */
+
+static void gemm_rows_generic(const float *x, int m, int k, const float *w, int j0, int j1, float *y, int ldy) {
+    for (int j = j0; j < j1; j++) {
+        const float *wr = w + (size_t)j * k;
+        for (int i = 0; i < m; i++) {
+            const float *xr = x + (size_t)i * k;
+            float acc = 0;
+            for (int p = 0; p < k; p++) acc += xr[p] * wr[p];
+            y[(size_t)i * ldy + j] = acc;
+        }
+    }
+}
+
+static float half_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
+    if (exp == 0) {
+        if (mant == 0) bits = sign;
+        else { /* subnormal: normalise */
+            exp = 127 - 15 + 1;
+            while (!(mant & 0x400)) { mant <<= 1; exp--; }
+            mant &= 0x3ff;
+            bits = sign | (exp << 23) | (mant << 13);
+        }
+    } else if (exp == 31) bits = sign | 0x7f800000u | (mant << 13);
+    else bits = sign | ((exp - 15 + 127) << 23) | (mant << 13);
+    float f; memcpy(&f, &bits, 4); return f;
+}
+
+static void gemm_rows_f16_generic(const float *x, int m, int k, const uint16_t *w, int j0, int j1, float *y, int ldy) {
+    for (int j = j0; j < j1; j++) {
+        const uint16_t *wr = w + (size_t)j * k;
+        for (int i = 0; i < m; i++) {
+            const float *xr = x + (size_t)i * k;
+            float acc = 0;
+            for (int p = 0; p < k; p++) acc += xr[p] * half_to_float(wr[p]);
+            y[(size_t)i * ldy + j] = acc;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ AVX2 + FMA */
+#ifdef CK_X86
+#define CK_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+CK_AVX2 static inline float hsum8(__m256 v) {
+    __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+    lo = _mm_add_ps(lo, hi);
+    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+    lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
+    return _mm_cvtss_f32(lo);
+}
+
+/* Load 8 weights as floats, from fp32 or fp16 storage. */
+#define LOAD_F32(ptr) _mm256_loadu_ps(ptr)
+#define LOAD_F16(ptr) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(ptr)))
+
+/* The tile: 4 weight rows x up to 3 activation rows = 12 accumulators (of 16 ymm registers).
+   The 4 weight rows (4*k values) stay in L1/L2 while every 3-row group of x passes over them,
+   so each weight byte comes from DRAM once per call whatever m is. */
+#define DEFINE_GEMM_ROWS(NAME, WT, LOAD, TOF)                                                        \
+CK_AVX2 static void NAME(const float *x, int m, int k, const WT *w, int j0, int j1, float *y, int ldy) { \
+    int k8 = k & ~7;                                                                                 \
+    int j = j0;                                                                                      \
+    for (; j + 4 <= j1; j += 4) {                                                                    \
+        const WT *w0 = w + (size_t)j * k, *w1 = w0 + k, *w2 = w1 + k, *w3 = w2 + k;                 \
+        for (int i = 0; i < m; i += 3) {                                                             \
+            int mi = m - i < 3 ? m - i : 3;                                                          \
+            const float *x0 = x + (size_t)i * k;                                                     \
+            const float *x1 = mi > 1 ? x0 + k : x0, *x2 = mi > 2 ? x0 + 2 * (size_t)k : x0;          \
+            __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a03 = a00;                       \
+            __m256 a10 = a00, a11 = a00, a12 = a00, a13 = a00;                                       \
+            __m256 a20 = a00, a21 = a00, a22 = a00, a23 = a00;                                       \
+            for (int p = 0; p < k8; p += 8) {                                                        \
+                __m256 v0 = LOAD(w0 + p), v1 = LOAD(w1 + p), v2 = LOAD(w2 + p), v3 = LOAD(w3 + p);   \
+                __m256 xa = _mm256_loadu_ps(x0 + p);                                                 \
+                a00 = _mm256_fmadd_ps(xa, v0, a00); a01 = _mm256_fmadd_ps(xa, v1, a01);             \
+                a02 = _mm256_fmadd_ps(xa, v2, a02); a03 = _mm256_fmadd_ps(xa, v3, a03);             \
+                __m256 xb = _mm256_loadu_ps(x1 + p);                                                 \
+                a10 = _mm256_fmadd_ps(xb, v0, a10); a11 = _mm256_fmadd_ps(xb, v1, a11);             \
+                a12 = _mm256_fmadd_ps(xb, v2, a12); a13 = _mm256_fmadd_ps(xb, v3, a13);             \
+                __m256 xc = _mm256_loadu_ps(x2 + p);                                                 \
+                a20 = _mm256_fmadd_ps(xc, v0, a20); a21 = _mm256_fmadd_ps(xc, v1, a21);             \
+                a22 = _mm256_fmadd_ps(xc, v2, a22); a23 = _mm256_fmadd_ps(xc, v3, a23);             \
+            }                                                                                        \
+            float r[3][4] = {{hsum8(a00), hsum8(a01), hsum8(a02), hsum8(a03)},                       \
+                             {hsum8(a10), hsum8(a11), hsum8(a12), hsum8(a13)},                       \
+                             {hsum8(a20), hsum8(a21), hsum8(a22), hsum8(a23)}};                      \
+            const float *xs[3] = {x0, x1, x2};                                                       \
+            const WT *ws[4] = {w0, w1, w2, w3};                                                      \
+            for (int a = 0; a < mi; a++)                                                             \
+                for (int b = 0; b < 4; b++) {                                                        \
+                    float acc = r[a][b];                                                             \
+                    for (int p = k8; p < k; p++) acc += xs[a][p] * TOF(ws[b][p]);                    \
+                    y[(size_t)(i + a) * ldy + j + b] = acc;                                          \
+                }                                                                                    \
+        }                                                                                            \
+    }                                                                                                \
+    for (; j < j1; j++) { /* leftover weight rows, one at a time */                                  \
+        const WT *wr = w + (size_t)j * k;                                                            \
+        for (int i = 0; i < m; i++) {                                                                \
+            const float *xr = x + (size_t)i * k;                                                     \
+            __m256 acc = _mm256_setzero_ps();                                                        \
+            for (int p = 0; p < k8; p += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(xr + p), LOAD(wr + p), acc); \
+            float s = hsum8(acc);                                                                    \
+            for (int p = k8; p < k; p++) s += xr[p] * TOF(wr[p]);                                    \
+            y[(size_t)i * ldy + j] = s;                                                              \
+        }                                                                                            \
+    }                                                                                                \
+}
+
+#define F32_ID(v) (v)
+DEFINE_GEMM_ROWS(gemm_rows_avx2, float, LOAD_F32, F32_ID)
+DEFINE_GEMM_ROWS(gemm_rows_f16_avx2, uint16_t, LOAD_F16, half_to_float)
+
+CK_AVX2 static float dot_avx2(const float *a, const float *b, int n) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0;
+    int p = 0;
+    for (; p + 16 <= n; p += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + p), _mm256_loadu_ps(b + p), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + p + 8), _mm256_loadu_ps(b + p + 8), s1);
+    }
+    for (; p + 8 <= n; p += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + p), _mm256_loadu_ps(b + p), s0);
+    float s = hsum8(_mm256_add_ps(s0, s1));
+    for (; p < n; p++) s += a[p] * b[p];
+    return s;
+}
+
+CK_AVX2 static void axpy_avx2(float a, const float *x, float *y, int n) {
+    __m256 va = _mm256_set1_ps(a);
+    int p = 0;
+    for (; p + 8 <= n; p += 8) _mm256_storeu_ps(y + p, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + p), _mm256_loadu_ps(y + p)));
+    for (; p < n; p++) y[p] += a * x[p];
+}
+#endif
+
+/* ------------------------------------------------------------------ dispatch */
+
+void ck_gemm_rows(const float *x, int m, int k, const float *w, int j0, int j1, float *y, int ldy) {
+#ifdef CK_X86
+    if (ck_has_avx2_fma()) { gemm_rows_avx2(x, m, k, w, j0, j1, y, ldy); return; }
+#endif
+    gemm_rows_generic(x, m, k, w, j0, j1, y, ldy);
+}
+
+void ck_gemm_rows_f16(const float *x, int m, int k, const uint16_t *w, int j0, int j1, float *y, int ldy) {
+#ifdef CK_X86
+    if (ck_has_avx2_fma()) { gemm_rows_f16_avx2(x, m, k, w, j0, j1, y, ldy); return; }
+#endif
+    gemm_rows_f16_generic(x, m, k, w, j0, j1, y, ldy);
+}
+
+float ck_dot(const float *a, const float *b, int n) {
+#ifdef CK_X86
+    if (ck_has_avx2_fma()) return dot_avx2(a, b, n);
+#endif
+    float s = 0;
+    for (int p = 0; p < n; p++) s += a[p] * b[p];
+    return s;
+}
+
+void ck_axpy(float a, const float *x, float *y, int n) {
+#ifdef CK_X86
+    if (ck_has_avx2_fma()) { axpy_avx2(a, x, y, n); return; }
+#endif
+    for (int p = 0; p < n; p++) y[p] += a * x[p];
+}
+
+void ck_attend(const float *q, const float *k, const float *v, const uint8_t *mask, int n, int d,
+               float scale, float *scores, float *out) {
+    float mx = -INFINITY;
+    for (int j = 0; j < n; j++) {
+        if (mask && !mask[j]) { scores[j] = -INFINITY; continue; }
+        float s = ck_dot(q, k + (size_t)j * d, d) * scale;
+        scores[j] = s;
+        if (s > mx) mx = s;
+    }
+    memset(out, 0, sizeof(float) * (size_t)d);
+    if (mx == -INFINITY) return;
+    float sum = 0;
+    for (int j = 0; j < n; j++) {
+        float e = scores[j] == -INFINITY ? 0.0f : expf(scores[j] - mx);
+        scores[j] = e;
+        sum += e;
+    }
+    float inv = 1.0f / sum;
+    for (int j = 0; j < n; j++)
+        if (scores[j] != 0.0f) ck_axpy(scores[j] * inv, v + (size_t)j * d, out, d);
 }

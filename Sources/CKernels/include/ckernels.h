@@ -1,5 +1,29 @@
 #ifndef CKERNELS_H
 #define CKERNELS_H
 #include <stddef.h>
+#include <stdint.h>
+
+/* 1 when this CPU has AVX2 and FMA (the fast paths below are chosen at run time; the
+   portable fallbacks give the same results up to rounding). */
 int ck_has_avx2_fma(void);
+
+/* Decode-pass product for few rows against a big weight, streaming each weight row once:
+     y[i*ldy + j] = sum_p x[i*k + p] * w[j*k + p]     for i in [0,m), j in [j0,j1)
+   w is a PyTorch Linear weight [n, k] (row-major). x is [m, k]. Callers split [0,n) across
+   threads by giving each a [j0,j1) range. */
+void ck_gemm_rows(const float *x, int m, int k, const float *w, int j0, int j1, float *y, int ldy);
+
+/* Same product with the weight stored as IEEE half floats (converted on the fly). */
+void ck_gemm_rows_f16(const float *x, int m, int k, const uint16_t *w, int j0, int j1, float *y, int ldy);
+
+/* One attention head for one query over `n` cache slots:
+     s_j = (q . k_j) * scale  if mask[j] else -inf;  p = softmax(s);  out = sum_j p_j v_j
+   k and v are [n, d] (slot-major). mask may be NULL (all visible). scores is scratch [n].
+   If no slot is visible, out is zero. */
+void ck_attend(const float *q, const float *k, const float *v, const uint8_t *mask, int n, int d,
+               float scale, float *scores, float *out);
+
+/* Dot product and y += a*x, used by small loops. */
+float ck_dot(const float *a, const float *b, int n);
+void ck_axpy(float a, const float *x, float *y, int n);
 #endif

@@ -100,7 +100,7 @@ struct ConfigReader {
     }
     func int(_ key: String, _ def: Int) throws -> Int {
         guard let v = value(key) else { return def }
-        guard let n = v as? NSNumber, !(v is Bool), n.doubleValue == n.doubleValue.rounded(), abs(n.doubleValue) < 1e12 else {
+        guard let n = v as? NSNumber, !isJSONBool(v), n.doubleValue == n.doubleValue.rounded(), abs(n.doubleValue) < 1e12 else {
             throw ZipARError("invalid \(section) config: \(key) must be an integer, got \(v)")
         }
         return n.intValue
@@ -108,7 +108,7 @@ struct ConfigReader {
     func optInt(_ key: String) throws -> Int? { value(key) == nil ? nil : try int(key, 0) }
     func double(_ key: String, _ def: Double) throws -> Double {
         guard let v = value(key) else { return def }
-        guard let n = v as? NSNumber, !(v is Bool) else { throw ZipARError("invalid \(section) config: \(key) must be a number, got \(v)") }
+        guard let n = v as? NSNumber, !isJSONBool(v) else { throw ZipARError("invalid \(section) config: \(key) must be a number, got \(v)") }
         return n.doubleValue
     }
     func optDouble(_ key: String) throws -> Double? { value(key) == nil ? nil : try double(key, 0) }
@@ -119,7 +119,7 @@ struct ConfigReader {
     }
     func bool(_ key: String, _ def: Bool) throws -> Bool {
         guard let v = value(key) else { return def }
-        guard let b = v as? Bool else { throw ZipARError("invalid \(section) config: \(key) must be true or false") }
+        guard isJSONBool(v), let b = v as? Bool else { throw ZipARError("invalid \(section) config: \(key) must be true or false") }
         return b
     }
     func intArray(_ key: String, _ def: [Int]) throws -> [Int] {

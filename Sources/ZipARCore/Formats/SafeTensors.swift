@@ -97,7 +97,7 @@ public final class SafeTensorsFile {
             var shape: [Int] = []
             var elements = 1
             for d in shapeAny {
-                guard let num = d as? NSNumber, !(d is Bool), num.doubleValue == Double(num.int64Value), num.int64Value >= 0,
+                guard let num = d as? NSNumber, !isJSONBool(d), num.doubleValue == Double(num.int64Value), num.int64Value >= 0,
                       num.int64Value < Int64(Int32.max) else { throw bad("entry '\(name)' has an invalid shape") }
                 shape.append(num.intValue)
                 let (m, o) = elements.multipliedReportingOverflow(by: num.intValue)

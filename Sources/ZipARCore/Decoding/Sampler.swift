@@ -1,0 +1,143 @@
+import Foundation
+
+/// Sampling settings, with LlamaGen's meaning and order of operations.
+public struct SamplingSettings: Equatable {
+    public var cfgScale: Float = 4.0
+    /// Guidance is dropped for decode iteration i (which produces token i+1) once i > cfgInterval; -1 = always.
+    public var cfgInterval: Int = -1
+    public var temperature: Float = 1.0
+    /// 0 = off. top-k 1 is greedy decoding.
+    public var topK: Int = 0
+    /// 1.0 = off.
+    public var topP: Float = 1.0
+    /// true = argmax instead of a multinomial draw (LlamaGen's sample_logits=False).
+    public var greedy = false
+
+    public init() {}
+
+    public func validate() throws {
+        guard cfgScale.isFinite, cfgScale >= 0 else { throw ZipARError("--cfg-scale must be a finite number >= 0") }
+        guard cfgInterval >= -1 else { throw ZipARError("--cfg-interval must be -1 (always) or >= 0") }
+        guard temperature.isFinite, temperature >= 0 else { throw ZipARError("--temperature must be >= 0") }
+        guard topK >= 0 else { throw ZipARError("--top-k must be >= 0 (0 = off)") }
+        guard topP > 0, topP <= 1 else { throw ZipARError("--top-p must be in (0, 1]") }
+    }
+
+    /// CFG applies to a token when the scale is > 1 and the interval has not run out.
+    /// `tokenIndex` is the raster index of the token being produced (prefill produces token 0).
+    public func guides(tokenIndex: Int) -> Bool {
+        guard cfgScale > 1 else { return false }
+        return cfgInterval < 0 || tokenIndex - 1 <= cfgInterval
+    }
+}
+
+/// Turns logits into one token: CFG, temperature, top-k, top-p, softmax, then a draw.
+/// Owns its scratch buffers (one allocation per generation, none per token).
+public final class Sampler {
+    public let settings: SamplingSettings
+    public let vocab: Int
+    private var work: [Float]
+    private var order: [Int32]
+
+    public init(settings: SamplingSettings, vocab: Int) {
+        self.settings = settings; self.vocab = vocab
+        work = [Float](repeating: 0, count: vocab)
+        order = [Int32](repeating: 0, count: vocab)
+    }
+
+    /// guided = uncond + (cond - uncond) * scale, into `out`.
+    public static func guide(cond: UnsafePointer<Float>, uncond: UnsafePointer<Float>, scale: Float,
+                             into out: UnsafeMutablePointer<Float>, count: Int) {
+        for i in 0..<count { out[i] = uncond[i] + (cond[i] - uncond[i]) * scale }
+    }
+
+    /// The official logits -> probabilities filter: temperature, top-k (strictly below the k-th
+    /// largest value goes), top-p on what is left (the first token crossing the threshold is kept),
+    /// softmax. Filtered tokens get probability 0.
+    public func probabilities(_ logits: UnsafePointer<Float>, into probs: UnsafeMutablePointer<Float>) {
+        let n = vocab
+        let invT = 1 / max(settings.temperature, 1e-5)
+        for i in 0..<n { probs[i] = logits[i] * invT }
+        if settings.topK > 0 && settings.topK < n {
+            let kth = kthLargest(probs, n: n, k: settings.topK)
+            for i in 0..<n where probs[i] < kth { probs[i] = -.infinity }
+        }
+        if settings.topP < 1 { applyTopP(probs, n: n, p: settings.topP) }
+        softmax(probs, n: n)
+    }
+
+    /// Picks a token from logits (guided already) with the sampler's rule.
+    public func sample(_ logits: UnsafePointer<Float>, rng: inout RNG) -> Int {
+        if settings.greedy { return Ops.argmax(logits, count: vocab) }
+        return work.withUnsafeMutableBufferPointer { buf in
+            let probs = buf.baseAddress!
+            probabilities(logits, into: probs)
+            let u = rng.nextUniform()
+            var total: Double = 0
+            for i in 0..<vocab { total += Double(probs[i]) }
+            let target = u * total
+            var acc: Double = 0, last = 0
+            for i in 0..<vocab where probs[i] > 0 {
+                acc += Double(probs[i]); last = i
+                if acc > target { return i }
+            }
+            return last
+        }
+    }
+
+    private func kthLargest(_ x: UnsafeMutablePointer<Float>, n: Int, k: Int) -> Float {
+        // Quickselect on a copy: O(n) per token instead of a full sort.
+        var a = Array(UnsafeBufferPointer(start: x, count: n))
+        var lo = 0, hi = n - 1
+        let target = k - 1                       // index in descending order
+        while lo < hi {
+            let pivot = a[(lo + hi) / 2]
+            var i = lo, j = hi
+            while i <= j {
+                while a[i] > pivot { i += 1 }
+                while a[j] < pivot { j -= 1 }
+                if i <= j { a.swapAt(i, j); i += 1; j -= 1 }
+            }
+            if target <= j { hi = j } else if target >= i { lo = i } else { break }
+        }
+        return a[target]
+    }
+
+    private func applyTopP(_ x: UnsafeMutablePointer<Float>, n: Int, p: Float) {
+        // Sort the surviving tokens by value (descending, stable on index), softmax, cumulative sum.
+        var count = 0
+        order.withUnsafeMutableBufferPointer { ord in
+            for i in 0..<n where x[i] > -.infinity { ord[count] = Int32(i); count += 1 }
+            var live = UnsafeMutableBufferPointer(rebasing: ord[0..<count])
+            live.sort { (a: Int32, b: Int32) -> Bool in
+                let va: Float = x[Int(a)], vb: Float = x[Int(b)]
+                if va != vb { return va > vb }
+                return a < b
+            }
+            guard count > 0 else { return }
+            let mx = x[Int(live[0])]
+            var total: Float = 0
+            for i in 0..<count { total += exp(x[Int(live[i])] - mx) }
+            var cum: Float = 0
+            for i in 0..<count {
+                let idx = Int(live[i])
+                let prob = exp(x[idx] - mx) / total
+                // remove when the cumulative mass BEFORE this token already exceeds p (shift by one)
+                if i > 0 && cum > p { x[idx] = -.infinity }
+                cum += prob
+            }
+        }
+    }
+
+    private func softmax(_ x: UnsafeMutablePointer<Float>, n: Int) {
+        var mx = -Float.infinity
+        for i in 0..<n { mx = max(mx, x[i]) }
+        var sum: Float = 0
+        for i in 0..<n {
+            let e = x[i] == -.infinity ? 0 : exp(x[i] - mx)
+            x[i] = e; sum += e
+        }
+        let inv = 1 / sum
+        for i in 0..<n { x[i] *= inv }
+    }
+}

@@ -1,0 +1,177 @@
+import XCTest
+@testable import ZipARCore
+
+/// The GPT against golden tensors from the official LlamaGen code (../shared/fixtures/llamagen).
+final class GPTTests: XCTestCase {
+    func load(_ name: String) throws -> (GPT, SafeTensorsFile) {
+        let cfg = try GPTConfig(json: try Fixtures.json("llamagen/\(name).config.json"))
+        let gpt = try GPT(config: cfg, weights: try Fixtures.safetensors("llamagen/\(name).weights.safetensors"))
+        return (gpt, try Fixtures.safetensors("llamagen/\(name).io.safetensors"))
+    }
+
+    func assertClose(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int, tol: Float = 1e-4, _ what: String,
+                     file: StaticString = #filePath, line: UInt = #line) {
+        let e = maxAbsDiff(a, b, count: n)
+        XCTAssertLessThan(e, tol, "\(what): max abs diff \(e)", file: file, line: line)
+    }
+
+    func testRoPETableMatchesFixture() throws {
+        for name in ["gpt_c2i_tiny", "gpt_t2i_tiny"] {
+            let (gpt, io) = try load(name)
+            let ref = try io.tensor("freqs_cis")          // [P, pairs, 2]
+            XCTAssertEqual(ref.shape, [gpt.rope.positions, gpt.rope.pairs, 2])
+            var e: Float = 0
+            for i in 0..<(gpt.rope.positions * gpt.rope.pairs) {
+                e = max(e, abs(ref[2 * i] - gpt.rope.cos[i]), abs(ref[2 * i + 1] - gpt.rope.sin[i]))
+            }
+            XCTAssertLessThan(e, 1e-5, name)
+        }
+    }
+
+    /// Teacher-forced forward over the whole sequence in one pass (the sgemm path).
+    func teacherForced(_ gpt: GPT, label: Int, tokens: [Int]) throws -> Tensor {
+        let n = 1 + tokens.count, V = gpt.config.vocab_size
+        let state = ForwardState(config: gpt.config, maxRows: n, slots: gpt.sequenceLength)
+        let cache = gpt.makeCache(batch: 1)
+        try gpt.embedClass(label, into: state.input(0))
+        for (i, t) in tokens.enumerated() { gpt.embedToken(t, into: state.input(i + 1)) }
+        gpt.forward(state: state, cache: cache, positions: Array(0..<n), batchOf: Array(repeating: 0, count: n),
+                    visibility: AttentionVisibility(), logitRows: Array(0..<n))
+        let out = Tensor(shape: [n, V])
+        out.data.update(from: state.logits(0), count: n * V)
+        return out
+    }
+
+    func testC2ITeacherForcedLogits() throws {
+        for name in ["gpt_c2i_tiny", "gpt_c2i_tiny_gqa"] {
+            let (gpt, io) = try load(name)
+            let tokens = try io.ints("input.tokens")
+            // Keep references alive while their pointers are used.
+            let cond = try teacherForced(gpt, label: 3, tokens: tokens), condRef = try io.tensor("out.logits_full")
+            assertClose(cond.data, condRef.data, cond.count, "\(name) cond")
+            let uncond = try teacherForced(gpt, label: 10, tokens: tokens), uncondRef = try io.tensor("out.logits_full_uncond")
+            assertClose(uncond.data, uncondRef.data, uncond.count, "\(name) uncond")
+        }
+    }
+
+    /// Step-by-step KV-cache decoding (the streaming-kernel path), batch 1 and the CFG batch of 2.
+    func testC2IKVCacheStepsAndCFG() throws {
+        for name in ["gpt_c2i_tiny", "gpt_c2i_tiny_gqa"] {
+            let (gpt, io) = try load(name)
+            let tokens = try io.ints("input.tokens"), V = gpt.config.vocab_size
+            let single = try io.tensor("out.logits_kv_steps"), raw = try io.tensor("out.cfg_raw_logits")
+            let guidedRef = try io.tensor("out.cfg_guided_logits")
+            for B in [1, 2] {
+                let state = ForwardState(config: gpt.config, maxRows: 2, slots: gpt.sequenceLength)
+                let cache = gpt.makeCache(batch: B)
+                for step in 0..<5 {
+                    for b in 0..<B {
+                        if step == 0 { try gpt.embedClass(b == 0 ? 3 : 10, into: state.input(b)) }
+                        else { gpt.embedToken(tokens[step - 1], into: state.input(b)) }
+                    }
+                    gpt.forward(state: state, cache: cache, positions: Array(repeating: step, count: B), batchOf: Array(0..<B),
+                                visibility: AttentionVisibility(), logitRows: Array(0..<B))
+                    if B == 1 {
+                        assertClose(state.logits(0), single.data + step * V, V, "\(name) kv step \(step)")
+                    } else {
+                        assertClose(state.logits(0), raw.data + step * V, V, "\(name) cfg cond step \(step)")
+                        assertClose(state.logits(1), raw.data + (5 + step) * V, V, "\(name) cfg uncond step \(step)")
+                        let g = Tensor(shape: [V])
+                        Sampler.guide(cond: state.logits(0), uncond: state.logits(1), scale: 4, into: g.data, count: V)
+                        assertClose(g.data, guidedRef.data + step * V, V, "\(name) guided step \(step)")
+                    }
+                }
+            }
+        }
+    }
+
+    func testSamplerFilterMatchesOfficial() throws {
+        for name in ["gpt_c2i_tiny", "gpt_c2i_tiny_gqa"] {
+            let (gpt, io) = try load(name)
+            let V = gpt.config.vocab_size
+            let guided = try io.tensor("out.cfg_guided_logits")
+            let probs = Tensor(shape: [V])
+            func check(_ t: Float, _ k: Int, _ p: Float, _ ref: Tensor, steps: Int) {
+                var s = SamplingSettings(); s.temperature = t; s.topK = k; s.topP = p
+                let sampler = Sampler(settings: s, vocab: V)
+                for step in 0..<steps {
+                    sampler.probabilities(guided.data + step * V, into: probs.data)
+                    assertClose(probs.data, ref.data + step * V, V, "\(name) probs t=\(t) k=\(k) p=\(p) step \(step)")
+                    // filtered tokens are exactly zero in both
+                    for i in 0..<V { XCTAssertEqual(probs[i] == 0, ref[step * V + i] == 0) }
+                }
+            }
+            check(0.9, 50, 0.9, try io.tensor("out.filtered_probs"), steps: 5)
+            check(1.0, 50, 1.0, try io.tensor("out.filtered_probs_topk_only"), steps: 1)
+            check(1.0, 0, 0.8, try io.tensor("out.filtered_probs_topp_only"), steps: 1)
+        }
+    }
+
+    func testGreedyGenerationMatchesOfficial() throws {
+        let (gpt, io) = try load("gpt_c2i_tiny")
+        let schedule = try Schedule.make(height: 8, width: 8, window: 8)
+        let gen = try Generator(gpt: gpt, schedule: schedule)
+        for (interval, key) in [(-1, "out.greedy_tokens_cfg4"), (10, "out.greedy_tokens_cfg4_interval10")] {
+            var o = GenerationOptions(); o.sampling.cfgScale = 4; o.sampling.cfgInterval = interval; o.sampling.greedy = true
+            let r = try gen.generate(.classLabel(3), options: o)
+            XCTAssertEqual(r.tokens, try io.ints(key), key)
+            XCTAssertEqual(r.forwardPasses, 64)
+        }
+        // top-k 1 through the sampling path is greedy too.
+        var o = GenerationOptions(); o.sampling.cfgScale = 4; o.sampling.topK = 1; o.seed = 99
+        XCTAssertEqual(try gen.generate(.classLabel(3), options: o).tokens, try io.ints("out.greedy_tokens_cfg4"))
+    }
+
+    func t2iCaption(_ io: SafeTensorsFile) throws -> (Tensor, [Bool]) {
+        let caption = try io.tensor("input.caption_embs")
+        let mask = try io.tensor("input.emb_mask").array.map { $0 > 0.5 }
+        return (caption.reshaped([120, caption.shape[2]]), mask)
+    }
+
+    func testT2IPrefillCacheStepsAndGreedy() throws {
+        let (gpt, io) = try load("gpt_t2i_tiny")
+        let (caption, mask) = try t2iCaption(io)
+        let tokens = try io.ints("input.tokens"), V = gpt.config.vocab_size, cls = 120
+        let state = ForwardState(config: gpt.config, maxRows: 2 * cls, slots: gpt.sequenceLength)
+        let cache = gpt.makeCache(batch: 2)
+        try gpt.embedCaption(caption.data, into: state.input(0))
+        try gpt.embedCaption(gpt.uncond_embedding!.data, into: state.input(cls))
+        let vis = AttentionVisibility(captionMask: mask)
+        gpt.forward(state: state, cache: cache, positions: Array(0..<cls) + Array(0..<cls),
+                    batchOf: Array(repeating: 0, count: cls) + Array(repeating: 1, count: cls), visibility: vis,
+                    logitRows: Array(0..<(2 * cls)))
+        let prefillRef = try io.tensor("out.prefill_logits_all_positions")
+        assertClose(state.logits(0), prefillRef.data, 2 * cls * V, "t2i prefill logits (all positions, both halves)")
+        let raw = try io.tensor("out.cfg_raw_logits")
+        assertClose(state.logits(cls - 1), raw.data, V, "t2i step 0 cond")
+        assertClose(state.logits(2 * cls - 1), raw.data + 5 * V, V, "t2i step 0 uncond")
+        for step in 1..<5 {
+            gpt.embedToken(tokens[step - 1], into: state.input(0)); gpt.embedToken(tokens[step - 1], into: state.input(1))
+            gpt.forward(state: state, cache: cache, positions: [cls + step - 1, cls + step - 1], batchOf: [0, 1],
+                        visibility: vis, logitRows: [0, 1])
+            assertClose(state.logits(0), raw.data + step * V, V, "t2i step \(step) cond")
+            assertClose(state.logits(1), raw.data + (5 + step) * V, V, "t2i step \(step) uncond")
+        }
+        let gen = try Generator(gpt: gpt, schedule: try Schedule.make(height: 8, width: 8, window: 8))
+        var o = GenerationOptions(); o.sampling.cfgScale = 7.5; o.sampling.greedy = true
+        XCTAssertEqual(try gen.generate(.caption(features: caption, mask: mask), options: o).tokens, try io.ints("out.greedy_tokens_cfg7.5"))
+    }
+
+    func testStreamingKernelMatchesNaive() throws {
+        var rng = RNG(seed: 5)
+        for (m, k, n) in [(1, 64, 36), (2, 768, 260), (3, 100, 7), (7, 33, 13), (16, 200, 257), (40, 64, 64)] {
+            let x = Tensor(shape: [m, k]), w = Tensor(shape: [n, k])
+            for i in 0..<x.count { x[i] = rng.nextNormal() }
+            for i in 0..<w.count { w[i] = rng.nextNormal() }
+            let y = Tensor(shape: [m, n])
+            Linear(weight: w).apply(x.data, rows: m, into: y.data)
+            var e: Float = 0
+            for i in 0..<m { for j in 0..<n {
+                var acc: Double = 0
+                for p in 0..<k { acc += Double(x[i * k + p]) * Double(w[j * k + p]) }
+                e = max(e, abs(Float(acc) - y[i * n + j]))
+            } }
+            XCTAssertLessThan(e, 1e-3, "m=\(m) k=\(k) n=\(n)")
+        }
+    }
+}
