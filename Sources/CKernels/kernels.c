@@ -155,6 +155,20 @@ CK_AVX2 static void axpy_avx2(float a, const float *x, float *y, int n) {
     for (; p + 8 <= n; p += 8) _mm256_storeu_ps(y + p, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + p), _mm256_loadu_ps(y + p)));
     for (; p < n; p++) y[p] += a * x[p];
 }
+
+CK_AVX2 static float stream_sum_avx2(const float *x, size_t n) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    size_t p = 0;
+    for (; p + 32 <= n; p += 32) {
+        s0 = _mm256_add_ps(s0, _mm256_loadu_ps(x + p));
+        s1 = _mm256_add_ps(s1, _mm256_loadu_ps(x + p + 8));
+        s2 = _mm256_add_ps(s2, _mm256_loadu_ps(x + p + 16));
+        s3 = _mm256_add_ps(s3, _mm256_loadu_ps(x + p + 24));
+    }
+    float s = hsum8(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+    for (; p < n; p++) s += x[p];
+    return s;
+}
 #endif
 
 /* ------------------------------------------------------------------ dispatch */
@@ -209,4 +223,13 @@ void ck_attend(const float *q, const float *k, const float *v, const uint8_t *ma
     float inv = 1.0f / sum;
     for (int j = 0; j < n; j++)
         if (scores[j] != 0.0f) ck_axpy(scores[j] * inv, v + (size_t)j * d, out, d);
+}
+
+float ck_stream_sum(const float *x, size_t n) {
+#ifdef CK_X86
+    if (ck_has_avx2_fma()) return stream_sum_avx2(x, n);
+#endif
+    float s = 0;
+    for (size_t p = 0; p < n; p++) s += x[p];
+    return s;
 }

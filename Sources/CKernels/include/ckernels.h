@@ -26,4 +26,6 @@ void ck_attend(const float *q, const float *k, const float *v, const uint8_t *ma
 /* Dot product and y += a*x, used by small loops. */
 float ck_dot(const float *a, const float *b, int n);
 void ck_axpy(float a, const float *x, float *y, int n);
+/* Sum of n floats, read as fast as the memory allows (bandwidth measurement). */
+float ck_stream_sum(const float *x, size_t n);
 #endif

@@ -190,3 +190,23 @@ public func readJSONObject(_ path: String) throws -> [String: Any] {
     }
     return dict
 }
+
+extension GPTConfig {
+    /// LlamaGen's named sizes (n_layer, n_head, dim); everything else at the defaults.
+    public static let namedSizes: [(name: String, layers: Int, heads: Int, dim: Int)] = [
+        ("gpt-b", 12, 12, 768), ("gpt-l", 24, 16, 1024), ("gpt-xl", 36, 20, 1280),
+        ("gpt-xxl", 48, 24, 1536), ("gpt-3b", 24, 32, 3200),
+    ]
+
+    /// A named LlamaGen c2i config for a grid of side `grid` (16 for 256 px, 24 for 384 px).
+    public static func named(_ name: String, grid: Int = 16) throws -> GPTConfig {
+        guard let s = namedSizes.first(where: { $0.name == name.lowercased() }) else {
+            throw ZipARError("unknown model size '\(name)'; choose one of \(namedSizes.map { $0.name }.joined(separator: ", "))")
+        }
+        var c = GPTConfig()
+        c.n_layer = s.layers; c.n_head = s.heads; c.dim = s.dim
+        c.block_size = grid * grid
+        try c.validate()
+        return c
+    }
+}

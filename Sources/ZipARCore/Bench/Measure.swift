@@ -1,0 +1,64 @@
+import CKernels
+import Foundation
+
+/// Timing helpers shared by `zipar bench`. Every figure is a median of repeated runs and is
+/// meant to be read as a ratio against something measured in the same run.
+public enum Measure {
+    public static func median(_ xs: [Double]) -> Double {
+        let s = xs.sorted()
+        return s.isEmpty ? 0 : (s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2)
+    }
+
+    public static func time(_ body: () throws -> Void) rethrows -> Double {
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        try body()
+        return Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+    }
+
+    /// Read bandwidth in GB/s of streaming a buffer much larger than the caches with all workers
+    /// (the limit a decode pass runs into). Best of `runs`.
+    public static func readBandwidth(megabytes: Int = 512, runs: Int = 5) -> Double {
+        let n = megabytes * 1024 * 1024 / 4
+        let buf = Tensor(shape: [n])
+        for i in stride(from: 0, to: n, by: 1024) { buf.data[i] = 1 }   // touch every page
+        var best = 0.0
+        var sink: Float = 0
+        for _ in 0..<runs {
+            let sums = UnsafeMutablePointer<Float>.allocate(capacity: 16)
+            let t = time {
+                Parallel.run { part, parts in
+                    let r = Parallel.range(part, of: parts, n: n, align: 1024)
+                    sums[part] = ck_stream_sum(buf.data + r.lowerBound, r.count)
+                }
+            }
+            sink += sums[0]
+            sums.deallocate()
+            best = max(best, Double(n * 4) / t / 1e9)
+        }
+        if sink == .infinity { print("") }  // keeps the sums alive
+        return best
+    }
+
+    /// Median seconds of one GPT forward pass with `inputs` new tokens per batch entry (x2 with CFG),
+    /// attending over a cache that is `filled` (fraction of the sequence already written).
+    public static func forwardPass(gpt: GPT, inputs: Int, cfg: Bool, filled: Double = 0.5, runs: Int = 10) -> Double {
+        let B = cfg ? 2 : 1
+        let c = gpt.config
+        let state = ForwardState(config: c, maxRows: B * inputs, slots: gpt.sequenceLength)
+        let cache = gpt.makeCache(batch: B)
+        let upTo = c.cls_token_num + Int(Double(c.block_size) * filled)
+        for s in 0..<upTo { cache.markWritten(s) }
+        var positions: [Int] = [], batchOf: [Int] = []
+        for b in 0..<B { for i in 0..<inputs { positions.append(min(upTo + i, gpt.sequenceLength - 1)); batchOf.append(b) } }
+        for r in 0..<(B * inputs) { gpt.embedToken(r % c.vocab_size, into: state.input(r)) }
+        let logitRows = Array(0..<(B * inputs))
+        var times: [Double] = []
+        for _ in 0..<(runs + 1) {
+            times.append(time {
+                gpt.forward(state: state, cache: cache, positions: positions, batchOf: batchOf,
+                            visibility: AttentionVisibility(), logitRows: logitRows)
+            })
+        }
+        return median(Array(times.dropFirst()))   // first run warms caches and page tables
+    }
+}
