@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the build needs (Debian packages), builds zipar and runs the whole test suite.
+# Installs what the build needs (Debian packages, and torch for the Python converter tests),
+# builds zipar in release mode, runs the Swift test suite and the converter tests.
 # The golden fixtures are read from ../shared next to the repository.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,3 +11,7 @@ if ! dpkg -s libopenblas-dev libpng-dev libjpeg-dev pkg-config >/dev/null 2>&1; 
 fi
 swift build -c release --product zipar
 swift test
+# Converter tests (torch 2.13.0+cpu comes from the machine's local wheel folder).
+python3 -c "import torch" 2>/dev/null || python3 -m pip install -q -r tools/requirements.txt
+python3 -c "import pytest" 2>/dev/null || python3 -m pip install -q pytest
+python3 -m pytest -q tools/tests
