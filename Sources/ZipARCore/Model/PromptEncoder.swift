@@ -1,0 +1,59 @@
+import Foundation
+
+/// The built-in text encoder of small t2i models (the shipped default model): a word-level
+/// vocabulary (`text_vocab.txt`, one word per line, line 0 = padding) and a learned embedding table
+/// (`text.safetensors`, key `embedding.weight` [vocab, caption_dim]). A prompt becomes caption
+/// features the way LlamaGen's t2i script lays out T5 features: left-padded to cls_token_num rows,
+/// pad rows zero, mask 1 on the word rows.
+public struct PromptEncoder {
+    public let vocab: [String]
+    public let index: [String: Int]
+    public let embedding: Tensor          // [vocab, caption_dim]
+    public let length: Int                // cls_token_num
+
+    public static func load(_ dir: ModelDirectory) throws -> PromptEncoder {
+        let vocabPath = dir.path + "/text_vocab.txt", weightsPath = dir.path + "/text.safetensors"
+        guard dir.gpt.isT2I else { throw ZipARError("\(dir.name) is a class-conditional model: use --class") }
+        guard FileManager.default.fileExists(atPath: vocabPath), FileManager.default.fileExists(atPath: weightsPath) else {
+            throw ZipARError("\(dir.name) has no built-in text encoder (text_vocab.txt + text.safetensors); pass --caption-embeddings FILE instead")
+        }
+        let words = try String(contentsOfFile: vocabPath, encoding: .utf8).split(separator: "\n").map { String($0).trimmingCharacters(in: .whitespaces) }
+        let table = try SafeTensorsFile(path: weightsPath).tensor("embedding.weight", shape: [words.count, dir.gpt.caption_dim])
+        return PromptEncoder(vocab: words, embedding: table, length: dir.gpt.cls_token_num)
+    }
+
+    public init(vocab: [String], embedding: Tensor, length: Int) {
+        self.vocab = vocab
+        self.embedding = embedding
+        self.length = length
+        var idx: [String: Int] = [:]
+        for (i, w) in vocab.enumerated() where i > 0 { idx[w.lowercased()] = i }
+        index = idx
+    }
+
+    /// Word ids of a prompt: case and extra spaces do not matter; unknown words are an error listing the vocabulary.
+    public func tokenize(_ text: String) throws -> [Int] {
+        let words = text.lowercased().split(whereSeparator: { $0.isWhitespace }).map(String.init)
+        guard !words.isEmpty else { throw ZipARError("the prompt is empty") }
+        let unknown = words.filter { index[$0] == nil }
+        guard unknown.isEmpty else {
+            throw ZipARError("unknown word\(unknown.count > 1 ? "s" : "") \(unknown.map { "'\($0)'" }.joined(separator: ", ")); the vocabulary is: \(vocab.dropFirst().joined(separator: " "))")
+        }
+        guard words.count <= length else { throw ZipARError("the prompt has \(words.count) words; this model takes at most \(length)") }
+        return words.map { index[$0]! }
+    }
+
+    /// Caption features [length, caption_dim] and mask, left-padded.
+    public func encode(_ text: String) throws -> (features: Tensor, mask: [Bool]) {
+        let ids = try tokenize(text)
+        let dim = embedding.shape[1]
+        let features = Tensor(shape: [length, dim])
+        var mask = [Bool](repeating: false, count: length)
+        for (i, id) in ids.enumerated() {
+            let row = length - ids.count + i
+            (features.data + row * dim).update(from: embedding.data + id * dim, count: dim)
+            mask[row] = true
+        }
+        return (features, mask)
+    }
+}

@@ -1,0 +1,134 @@
+import ArgumentParser
+import Foundation
+import ZipARCore
+
+/// `zipar bench`: forward-pass cost against the weight-streaming limit, and raster vs ZipAR windows
+/// measured side by side in one run (interleaved, so machine noise hits every mode alike).
+struct BenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "bench", abstract: "Measure forward passes, ZipAR speed-ups and VQ decoding.")
+
+    @OptionGroup var modelOptions: ModelOptions
+    @Option(help: "Benchmark a random-weight LlamaGen size instead of a model: gpt-b, gpt-l, gpt-xl, gpt-xxl, gpt-3b.")
+    var randomInit: String?
+    @Option(help: "Token grid HxW (square; with --random-init). Default 16x16.")
+    var grid: String?
+    @Option(help: "ZipAR windows to compare with raster, e.g. 16,8,4.")
+    var windows: String = "8"
+    @Option(help: "ZipAR policy for the windows: ideal or upstream.")
+    var policy: String = "ideal"
+    @Option(help: "CFG scale used for the runs (> 1 doubles the batch).")
+    var cfgScale: Float = 4.0
+    @Option(help: "Images per mode; the median is reported.")
+    var runs: Int = 1
+    @Flag(help: "Skip the per-pass table.")
+    var noPasses = false
+    @Flag(help: "Skip the VQ decoder timing.")
+    var noVq = false
+    @Flag(help: "Print JSON instead of tables.")
+    var json = false
+
+    func validate() throws {
+        guard runs >= 1, runs <= 100 else { throw ValidationError("--runs must be between 1 and 100") }
+        _ = try parseIntList(windows, flag: "--windows")
+        guard ZipARPolicy(rawValue: policy) != nil, policy != "eol" else { throw ValidationError("--policy must be ideal or upstream") }
+        if randomInit != nil && modelOptions.model != nil { throw ValidationError("give either --model or --random-init, not both") }
+        if let g = grid {
+            do { let (h, w) = try ScheduleCommand.parseGrid(g); guard h == w else { throw ZipARError("--grid must be square (LlamaGen grids are)") } }
+            catch let e as ZipARError { throw ValidationError(e.message) }
+        }
+    }
+
+    func run() throws {
+        modelOptions.apply()
+        let gpt: GPT, vq: VQDecoder?, name: String
+        if let r = randomInit {
+            let side = try grid.map { try ScheduleCommand.parseGrid($0).0 } ?? 16
+            var cfg = try GPTConfig.named(r, grid: side)
+            cfg.num_classes = 1000
+            gpt = try GPT(randomWithConfig: cfg, seed: 1)
+            vq = noVq ? nil : VQDecoder.randomInit(config: VQConfig(), seed: 2)
+            name = "\(r) (random init)"
+        } else {
+            let dir = try modelOptions.open()
+            if let g = grid, try ScheduleCommand.parseGrid(g).0 != dir.gpt.gridSize {
+                throw ZipARError("\(dir.name) generates a \(dir.gpt.gridSize)x\(dir.gpt.gridSize) grid; --grid must match or be left out")
+            }
+            gpt = try dir.loadGPT()
+            vq = noVq ? nil : try dir.loadVQ()
+            name = dir.name
+        }
+        let side = gpt.config.gridSize
+        let p = ZipARPolicy(rawValue: policy)!
+        let windowList = try parseIntList(windows, flag: "--windows").filter { $0 < side }
+        let schedules = [try Schedule.make(height: side, width: side, window: side)] +
+            (try windowList.map { try Schedule.make(height: side, width: side, window: $0, policy: p) })
+        var report: [String: Any] = ["model": name, "grid": [side, side], "threads": Parallel.threads, "cfg_scale": Double(cfgScale)]
+        let weightsMB = Double(gpt.streamedBytesPerPass) / 1e6
+        let bandwidth = Measure.readBandwidth()
+        let limitMs = weightsMB / bandwidth
+        report["weights_streamed_mb"] = weightsMB; report["bandwidth_gbs"] = bandwidth; report["limit_ms"] = limitMs
+        if !json {
+            print("zipar bench: \(name), \(String(format: "%.1fM", Double(gpt.parameterCount) / 1e6)) params, \(side)x\(side) grid, \(Parallel.threads) threads")
+            print(String(format: "weights streamed per pass %.0f MB (fp32); measured read bandwidth %.1f GB/s -> limit %.1f ms/pass", weightsMB, bandwidth, limitMs))
+        }
+
+        // 1. Forward-pass cost by number of rows, against the weight-streaming limit.
+        if !noPasses {
+            let cfg = cfgScale > 1
+            var kinds: [(inputs: Int, cfg: Bool)] = [(1, false), (1, true)]
+            for k in Set(schedules.map { $0.maxTokensPerStep }).sorted() where k > 1 { kinds.append((k, cfg)) }
+            var rows: [[String: Any]] = []
+            if !json { print("\n| inputs | CFG | rows | ms/pass | x limit |\n|---|---|---|---|---|") }
+            for kind in kinds {
+                let t = Measure.forwardPass(gpt: gpt, inputs: kind.inputs, cfg: kind.cfg) * 1e3
+                rows.append(["inputs": kind.inputs, "cfg": kind.cfg, "ms": t, "x_limit": t / limitMs])
+                if !json { print(String(format: "| %d | %@ | %d | %.1f | %.2f |", kind.inputs, kind.cfg ? "yes" : "no", kind.inputs * (kind.cfg ? 2 : 1), t, t / limitMs)) }
+            }
+            report["passes"] = rows
+        }
+
+        // 2. Whole images: raster and every window, interleaved run by run.
+        var options = GenerationOptions()
+        options.sampling.cfgScale = cfgScale
+        options.sampling.topK = min(2000, gpt.config.vocab_size)
+        let generators = try schedules.map { try Generator(gpt: gpt, schedule: $0) }
+        var times = [[Double]](repeating: [], count: schedules.count)
+        for run in 0..<runs {
+            for (i, g) in generators.enumerated() {
+                options.seed = UInt64(run)
+                times[i].append(try g.generate(.classLabel(0), options: options).seconds)
+            }
+        }
+        let rasterTime = Measure.median(times[0]), rasterPasses = Double(schedules[0].forwardPasses)
+        var modes: [[String: Any]] = []
+        if !json {
+            print("\n| decoding | window | passes | tokens/pass | s/image | speed-up | pass saving | speed-up / saving |\n|---|---|---|---|---|---|---|---|")
+        }
+        for (i, s) in schedules.enumerated() {
+            let t = Measure.median(times[i]), speed = rasterTime / t, saving = rasterPasses / Double(s.forwardPasses)
+            let mode = i == 0 ? "raster" : "zipar \(s.policy.rawValue)"
+            modes.append(["decoding": mode, "window": s.window, "passes": s.forwardPasses, "tokens_per_pass": s.meanTokensPerStep,
+                          "seconds_per_image": t, "speedup": speed, "pass_saving": saving, "efficiency": speed / saving])
+            if !json {
+                print(String(format: "| %@ | %d | %d | %.2f | %.2f | %.2fx | %.2fx | %.2f |", mode, s.window, s.forwardPasses,
+                             s.meanTokensPerStep, t, speed, saving, speed / saving))
+            }
+        }
+        report["images"] = modes
+
+        // 3. The VQ decoder for one image of this grid.
+        if let vq {
+            let codes = (0..<(side * side)).map { ($0 * 7919) % vq.config.codebook_size }
+            _ = try vq.decode(codes: codes, height: side, width: side)     // warm-up
+            var ts: [Double] = []
+            for _ in 0..<max(1, min(runs, 3)) { ts.append(try Measure.time { _ = try vq.decode(codes: codes, height: side, width: side) }) }
+            let t = Measure.median(ts)
+            report["vq_decode_seconds"] = t
+            if !json { print(String(format: "\nVQ decode %dx%d tokens -> %dx%d px: %.2f s", side, side, side * vq.config.downsample, side * vq.config.downsample, t)) }
+        }
+        if json {
+            let data = try JSONSerialization.data(withJSONObject: report, options: [.prettyPrinted, .sortedKeys])
+            print(String(decoding: data, as: UTF8.self))
+        }
+    }
+}

@@ -1,0 +1,139 @@
+import ArgumentParser
+import Foundation
+import ZipARCore
+
+func eprint(_ s: String) { FileHandle.standardError.write(Data((s + "\n").utf8)) }
+
+/// Options every model-using command shares.
+struct ModelOptions: ParsableArguments {
+    @Option(name: [.short, .long], help: "Model directory (config.json, gpt.safetensors, vq.safetensors). Default: $ZIPAR_MODEL, then models/default.")
+    var model: String?
+
+    @Option(help: "Worker threads for the kernels and OpenBLAS (default: all cores).")
+    var threads: Int?
+
+    func validate() throws {
+        if let t = threads, t < 1 || t > 256 { throw ValidationError("--threads must be between 1 and 256") }
+    }
+
+    func apply() {
+        Parallel.threads = threads ?? ProcessInfo.processInfo.activeProcessorCount
+    }
+
+    func open() throws -> ModelDirectory {
+        apply()
+        return try ModelDirectory.open(model)
+    }
+}
+
+/// Sampling flags shared by generate, bench and grid. Unset flags take the model's defaults
+/// ("sampling" in config.json), else LlamaGen's c2i sample-script defaults.
+struct SamplingOptions: ParsableArguments {
+    @Option(help: "Classifier-free guidance scale (1 = off). Default 4.0 or the model's.")
+    var cfgScale: Float?
+    @Option(help: "Guide only tokens 0...N+1 (LlamaGen's cfg_interval); -1 = always.")
+    var cfgInterval: Int = -1
+    @Option(help: "Keep the K most likely tokens (0 = off, 1 = greedy). Default 2000 or the model's.")
+    var topK: Int?
+    @Option(help: "Nucleus sampling mass in (0, 1]. Default 1.0 (off).")
+    var topP: Float?
+    @Option(help: "Softmax temperature. Default 1.0.")
+    var temperature: Float?
+
+    func validate() throws {
+        do { try settings(defaults: [:]).validate() } catch let e as ZipARError { throw ValidationError(e.message) }
+    }
+
+    func settings(defaults: [String: Any]) throws -> SamplingSettings {
+        var s = SamplingSettings()
+        func d(_ k: String) -> Double? { (defaults[k] as? NSNumber)?.doubleValue }
+        s.cfgScale = cfgScale ?? Float(d("cfg_scale") ?? 4.0)
+        s.cfgInterval = cfgInterval
+        s.topK = topK ?? Int(d("top_k") ?? 2000)
+        s.topP = topP ?? Float(d("top_p") ?? 1.0)
+        s.temperature = temperature ?? Float(d("temperature") ?? 1.0)
+        try s.validate()
+        return s
+    }
+}
+
+/// ZipAR flags shared by generate and grid.
+struct ZipAROptions: ParsableArguments {
+    @Option(help: "ZipAR window s: row r+1 starts once row r is s tokens ahead (1 = diagonal wavefront). Omit for raster order.")
+    var window: Int?
+    @Option(help: "Row-start policy: ideal (paper rule, default) or upstream (LlamaGen-ZipAR code: row 0 first).")
+    var ziparPolicy: String = "ideal"
+    @Flag(help: "Reproduce the released ZipAR code: unwritten cache slots stay visible as zero keys/values.")
+    var ziparHoles = false
+
+    func validate() throws {
+        if let w = window, w < 1 { throw ValidationError("--window must be >= 1") }
+        guard ZipARPolicy(rawValue: ziparPolicy) != nil else {
+            throw ValidationError("--zipar-policy must be one of \(ZipARPolicy.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+    }
+
+    var policy: ZipARPolicy { ZipARPolicy(rawValue: ziparPolicy) ?? .ideal }
+
+    func schedule(grid: Int) throws -> Schedule {
+        if let w = window, w > grid { throw ZipARError("--window \(w) is larger than the grid width \(grid)") }
+        return try Schedule.make(height: grid, width: grid, window: window ?? grid, policy: policy)
+    }
+}
+
+/// Output file names for image i of a batch: out.png, out_2.png, out_3.png, ... (stable-diffusion.cpp style).
+func numberedPath(_ path: String, _ i: Int) -> String {
+    guard i > 0 else { return path }
+    let url = URL(fileURLWithPath: path)
+    let ext = url.pathExtension
+    let stem = ext.isEmpty ? path : String(path.dropLast(ext.count + 1))
+    return stem + "_\(i + 1)" + (ext.isEmpty ? "" : "." + ext)
+}
+
+/// Fails early, before any compute, if an output file cannot be created there.
+func checkWritable(_ path: String) throws {
+    let dir = URL(fileURLWithPath: path).deletingLastPathComponent().path
+    var isDir: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else {
+        throw ZipARError("cannot write \(path): directory \(dir) does not exist")
+    }
+    guard access(dir, W_OK) == 0 else { throw ZipARError("cannot write \(path): directory \(dir) is not writable") }
+    var isDirTarget: ObjCBool = false
+    if FileManager.default.fileExists(atPath: path, isDirectory: &isDirTarget), isDirTarget.boolValue {
+        throw ZipARError("cannot write \(path): it is a directory")
+    }
+}
+
+/// "a,b,c" -> [Int] with a clear message.
+func parseIntList(_ text: String, flag: String) throws -> [Int] {
+    let parts = text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+    let values = parts.compactMap { Int($0) }
+    guard !parts.isEmpty, values.count == parts.count else { throw ValidationError("\(flag) must be a comma-separated list of integers, got '\(text)'") }
+    return values
+}
+
+/// A one-line progress bar on stderr, shown only on a terminal and without --quiet.
+final class ProgressBar {
+    let total: Int
+    let enabled: Bool
+    let start = Date()
+    let label: String
+
+    init(total: Int, label: String, quiet: Bool) {
+        self.total = total; self.label = label
+        enabled = !quiet && isatty(STDERR_FILENO) != 0
+    }
+
+    func update(tokens: Int, passes: Int) {
+        guard enabled else { return }
+        let width = 30, filled = total > 0 ? width * tokens / total : width
+        let bar = String(repeating: "=", count: filled) + String(repeating: " ", count: width - filled)
+        let line = String(format: "\r%@ [%@] %d/%d tokens, %d passes, %.1fs", label, bar, tokens, total, passes, Date().timeIntervalSince(start))
+        FileHandle.standardError.write(Data(line.utf8))
+    }
+
+    func finish() {
+        guard enabled else { return }
+        FileHandle.standardError.write(Data("\r\u{1B}[K".utf8))
+    }
+}

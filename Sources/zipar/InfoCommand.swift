@@ -1,0 +1,35 @@
+import ArgumentParser
+import Foundation
+import ZipARCore
+
+/// `zipar info`: what a model directory holds, without running it.
+struct InfoCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "info", abstract: "Describe a model: architecture, parameters, grid, dtype, memory.")
+
+    @OptionGroup var modelOptions: ModelOptions
+
+    func run() throws {
+        let dir = try modelOptions.open()
+        let g = dir.gpt, v = dir.vq
+        let gptFile = try SafeTensorsFile(path: dir.gptPath), vqFile = try SafeTensorsFile(path: dir.vqPath)
+        func summary(_ f: SafeTensorsFile) -> (params: Int, bytes: Int, dtypes: String) {
+            let ts = Array(f.tensors.values)
+            let dtypes = Set(ts.map { $0.dtype.rawValue }).sorted().joined(separator: "+")
+            return (ts.reduce(0) { $0 + $1.count }, ts.reduce(0) { $0 + $1.end - $1.begin }, dtypes)
+        }
+        let gs = summary(gptFile), vs = summary(vqFile)
+        let mb = { (b: Int) in String(format: "%.1f MB", Double(b) / 1e6) }
+        let kvBytes = 2 * 2 * g.n_layer * g.kvHeads * g.headDim * (g.cls_token_num + g.block_size) * 4
+        print("model        \(dir.name)  (\(dir.path))")
+        print("type         \(g.model_type)" + (g.isT2I ? ", caption_dim \(g.caption_dim), \(g.cls_token_num) condition tokens" : ", \(g.num_classes) classes" + (dir.classes != nil ? " (classes.txt)" : "")))
+        print("gpt          \(g.n_layer) layers, dim \(g.dim), \(g.n_head) heads (\(g.kvHeads) kv), head_dim \(g.headDim), ffn \(g.ffnHidden), vocab \(g.vocab_size)")
+        print("grid         \(g.gridSize)x\(g.gridSize) tokens -> \(dir.imageSize)x\(dir.imageSize) px")
+        print("gpt weights  \(String(format: "%.1fM", Double(gs.params) / 1e6)) params, \(gs.dtypes) on disk \(mb(gs.bytes)), \(mb(gs.params * 4)) as fp32 in memory")
+        print("vq decoder   ch \(v.ch), ch_mult \(v.decoder_ch_mult), z \(v.z_channels), codebook \(v.codebook_size)x\(v.codebook_embed_dim); \(String(format: "%.1fM", Double(vs.params) / 1e6)) params, \(vs.dtypes), \(mb(vs.bytes))")
+        print("kv cache     \(mb(kvBytes)) fp32 with CFG (2 x \(g.n_layer) layers x \(g.cls_token_num + g.block_size) slots)")
+        if let t = try? PromptEncoder.load(dir) { print("text         built-in word encoder, \(t.vocab.count - 1) words") }
+        if !dir.samplingDefaults.isEmpty {
+            print("defaults     " + dir.samplingDefaults.keys.sorted().map { "\($0)=\(dir.samplingDefaults[$0]!)" }.joined(separator: ", "))
+        }
+    }
+}
