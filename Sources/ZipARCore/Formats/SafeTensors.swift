@@ -96,8 +96,10 @@ public final class SafeTensorsFile {
             guard let shapeAny = entry["shape"] as? [Any] else { throw bad("entry '\(name)' has no shape") }
             var shape: [Int] = []
             var elements = 1
+            // Not `d is Bool`: on Linux every JSON 0 and 1 bridges to Bool, so shapes like [64, 64, 1, 1]
+            // were rejected. JSON true/false are the NSNumbers whose objCType is "c".
             for d in shapeAny {
-                guard let num = d as? NSNumber, !(d is Bool), num.doubleValue == Double(num.int64Value), num.int64Value >= 0,
+                guard let num = d as? NSNumber, String(cString: num.objCType) != "c", num.doubleValue == Double(num.int64Value), num.int64Value >= 0,
                       num.int64Value < Int64(Int32.max) else { throw bad("entry '\(name)' has an invalid shape") }
                 shape.append(num.intValue)
                 let (m, o) = elements.multipliedReportingOverflow(by: num.intValue)
