@@ -78,45 +78,65 @@ CK_AVX2 static inline float hsum8(__m256 v) {
 #define LOAD_F32(ptr) _mm256_loadu_ps(ptr)
 #define LOAD_F16(ptr) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(ptr)))
 
-/* The tile: 4 weight rows x up to 3 activation rows = 12 accumulators (of 16 ymm registers).
-   The 4 weight rows (4*k values) stay in L1/L2 while every 3-row group of x passes over them,
-   so each weight byte comes from DRAM once per call whatever m is. */
+/* The tile: 3 weight rows x up to 4 activation rows = 12 accumulators + 3 weight registers + 1
+   activation register = the 16 ymm registers, so nothing spills in the inner loop. K is walked in
+   blocks of KBLOCK floats so that the 3 weight-row pieces and the activation-row pieces stay in L1
+   while every 4-row group of x passes over them: each weight byte comes from DRAM once per call
+   whatever M is. Block partial sums are added into y. */
+#define KBLOCK 384
 #define DEFINE_GEMM_ROWS(NAME, WT, LOAD, TOF)                                                        \
 CK_AVX2 static void NAME(const float *x, int m, int k, const WT *w, int j0, int j1, float *y, int ldy) { \
     int k8 = k & ~7;                                                                                 \
     int j = j0;                                                                                      \
-    for (; j + 4 <= j1; j += 4) {                                                                    \
-        const WT *w0 = w + (size_t)j * k, *w1 = w0 + k, *w2 = w1 + k, *w3 = w2 + k;                 \
-        for (int i = 0; i < m; i += 3) {                                                             \
-            int mi = m - i < 3 ? m - i : 3;                                                          \
+    for (; j + 3 <= j1; j += 3) {                                                                    \
+        const WT *w0 = w + (size_t)j * k, *w1 = w0 + k, *w2 = w1 + k;                               \
+        const WT *ws[3] = {w0, w1, w2};                                                              \
+        for (int p0 = 0; p0 == 0 || p0 < k8; p0 += KBLOCK) {                                         \
+          int p1 = p0 + KBLOCK < k8 ? p0 + KBLOCK : k8;                                              \
+          int last = p1 >= k8;                                                                       \
+          for (int i = 0; i < m; i += 4) {                                                           \
+            int mi = m - i < 4 ? m - i : 4;                                                          \
             const float *x0 = x + (size_t)i * k;                                                     \
-            const float *x1 = mi > 1 ? x0 + k : x0, *x2 = mi > 2 ? x0 + 2 * (size_t)k : x0;          \
-            __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a03 = a00;                       \
-            __m256 a10 = a00, a11 = a00, a12 = a00, a13 = a00;                                       \
-            __m256 a20 = a00, a21 = a00, a22 = a00, a23 = a00;                                       \
-            for (int p = 0; p < k8; p += 8) {                                                        \
-                __m256 v0 = LOAD(w0 + p), v1 = LOAD(w1 + p), v2 = LOAD(w2 + p), v3 = LOAD(w3 + p);   \
-                __m256 xa = _mm256_loadu_ps(x0 + p);                                                 \
-                a00 = _mm256_fmadd_ps(xa, v0, a00); a01 = _mm256_fmadd_ps(xa, v1, a01);             \
-                a02 = _mm256_fmadd_ps(xa, v2, a02); a03 = _mm256_fmadd_ps(xa, v3, a03);             \
-                __m256 xb = _mm256_loadu_ps(x1 + p);                                                 \
-                a10 = _mm256_fmadd_ps(xb, v0, a10); a11 = _mm256_fmadd_ps(xb, v1, a11);             \
-                a12 = _mm256_fmadd_ps(xb, v2, a12); a13 = _mm256_fmadd_ps(xb, v3, a13);             \
-                __m256 xc = _mm256_loadu_ps(x2 + p);                                                 \
-                a20 = _mm256_fmadd_ps(xc, v0, a20); a21 = _mm256_fmadd_ps(xc, v1, a21);             \
-                a22 = _mm256_fmadd_ps(xc, v2, a22); a23 = _mm256_fmadd_ps(xc, v3, a23);             \
-            }                                                                                        \
-            float r[3][4] = {{hsum8(a00), hsum8(a01), hsum8(a02), hsum8(a03)},                       \
-                             {hsum8(a10), hsum8(a11), hsum8(a12), hsum8(a13)},                       \
-                             {hsum8(a20), hsum8(a21), hsum8(a22), hsum8(a23)}};                      \
-            const float *xs[3] = {x0, x1, x2};                                                       \
-            const WT *ws[4] = {w0, w1, w2, w3};                                                      \
-            for (int a = 0; a < mi; a++)                                                             \
-                for (int b = 0; b < 4; b++) {                                                        \
-                    float acc = r[a][b];                                                             \
-                    for (int p = k8; p < k; p++) acc += xs[a][p] * TOF(ws[b][p]);                    \
-                    y[(size_t)(i + a) * ldy + j + b] = acc;                                          \
+            const float *x1 = mi > 1 ? x0 + k : x0, *x2 = mi > 2 ? x1 + k : x0, *x3 = mi > 3 ? x2 + k : x0; \
+            float r[4][3];                                                                           \
+            if (mi == 1) { /* one row: 3 accumulators, no duplicated FMAs */                         \
+                __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00;                              \
+                for (int p = p0; p < p1; p += 8) {                                                   \
+                    __m256 xa = _mm256_loadu_ps(x0 + p);                                             \
+                    a00 = _mm256_fmadd_ps(xa, LOAD(w0 + p), a00);                                    \
+                    a01 = _mm256_fmadd_ps(xa, LOAD(w1 + p), a01);                                    \
+                    a02 = _mm256_fmadd_ps(xa, LOAD(w2 + p), a02);                                    \
                 }                                                                                    \
+                r[0][0] = hsum8(a00); r[0][1] = hsum8(a01); r[0][2] = hsum8(a02);                    \
+            } else {                                                                                 \
+                __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a10 = a00, a11 = a00, a12 = a00; \
+                __m256 a20 = a00, a21 = a00, a22 = a00, a30 = a00, a31 = a00, a32 = a00;             \
+                for (int p = p0; p < p1; p += 8) {                                                   \
+                    __m256 v0 = LOAD(w0 + p), v1 = LOAD(w1 + p), v2 = LOAD(w2 + p), xv;              \
+                    xv = _mm256_loadu_ps(x0 + p);                                                    \
+                    a00 = _mm256_fmadd_ps(xv, v0, a00); a01 = _mm256_fmadd_ps(xv, v1, a01); a02 = _mm256_fmadd_ps(xv, v2, a02); \
+                    xv = _mm256_loadu_ps(x1 + p);                                                    \
+                    a10 = _mm256_fmadd_ps(xv, v0, a10); a11 = _mm256_fmadd_ps(xv, v1, a11); a12 = _mm256_fmadd_ps(xv, v2, a12); \
+                    xv = _mm256_loadu_ps(x2 + p);                                                    \
+                    a20 = _mm256_fmadd_ps(xv, v0, a20); a21 = _mm256_fmadd_ps(xv, v1, a21); a22 = _mm256_fmadd_ps(xv, v2, a22); \
+                    xv = _mm256_loadu_ps(x3 + p);                                                    \
+                    a30 = _mm256_fmadd_ps(xv, v0, a30); a31 = _mm256_fmadd_ps(xv, v1, a31); a32 = _mm256_fmadd_ps(xv, v2, a32); \
+                }                                                                                    \
+                r[0][0] = hsum8(a00); r[0][1] = hsum8(a01); r[0][2] = hsum8(a02);                    \
+                r[1][0] = hsum8(a10); r[1][1] = hsum8(a11); r[1][2] = hsum8(a12);                    \
+                r[2][0] = hsum8(a20); r[2][1] = hsum8(a21); r[2][2] = hsum8(a22);                    \
+                r[3][0] = hsum8(a30); r[3][1] = hsum8(a31); r[3][2] = hsum8(a32);                    \
+            }                                                                                        \
+            const float *xs[4] = {x0, x1, x2, x3};                                                   \
+            for (int a = 0; a < mi; a++)                                                             \
+                for (int b = 0; b < 3; b++) {                                                        \
+                    float acc = r[a][b];                                                             \
+                    if (last) for (int p = k8; p < k; p++) acc += xs[a][p] * TOF(ws[b][p]);          \
+                    float *dst = y + (size_t)(i + a) * ldy + j + b;                                  \
+                    *dst = p0 == 0 ? acc : *dst + acc;                                               \
+                }                                                                                    \
+          }                                                                                          \
+          if (k8 == 0) break;                                                                        \
         }                                                                                            \
     }                                                                                                \
     for (; j < j1; j++) { /* leftover weight rows, one at a time */                                  \

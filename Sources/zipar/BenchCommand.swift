@@ -26,6 +26,8 @@ struct BenchCommand: ParsableCommand {
     var noVq = false
     @Flag(help: "Print JSON instead of tables.")
     var json = false
+    @Flag(help: "Only compare the decode kernel with OpenBLAS sgemm/sgemv on a 201 MB weight, by row count.")
+    var kernels = false
 
     func validate() throws {
         guard runs >= 1, runs <= 100 else { throw ValidationError("--runs must be between 1 and 100") }
@@ -40,6 +42,7 @@ struct BenchCommand: ParsableCommand {
 
     func run() throws {
         modelOptions.apply()
+        if kernels { return runKernels() }
         let gpt: GPT, vq: VQDecoder?, name: String
         if let r = randomInit {
             let side = try grid.map { try ScheduleCommand.parseGrid($0).0 } ?? 16
@@ -129,6 +132,17 @@ struct BenchCommand: ParsableCommand {
         if json {
             let data = try JSONSerialization.data(withJSONObject: report, options: [.prettyPrinted, .sortedKeys])
             print(String(decoding: data, as: UTF8.self))
+        }
+    }
+
+    /// The skinny-product comparison of platform-notes section 7, on this machine, now.
+    func runKernels() {
+        let bw = Measure.readBandwidth()
+        let limit = 65536.0 * 768 * 4 / 1e6 / bw
+        print(String(format: "x[M,768] · W[65536,768]ᵀ (201 MB fp32), %d threads; read bandwidth %.1f GB/s -> limit %.1f ms", Parallel.threads, bw, limit))
+        print("\n| M rows | zipar kernel ms | sgemm ms | M x sgemv ms | kernel x limit | sgemm / kernel |\n|---|---|---|---|---|---|")
+        for r in Measure.skinnyProducts() {
+            print(String(format: "| %d | %.1f | %.1f | %.1f | %.2f | %.2f |", r.rows, r.kernel, r.sgemm, r.sgemv, r.kernel / limit, r.sgemm / r.kernel))
         }
     }
 }

@@ -62,3 +62,30 @@ public enum Measure {
         return median(Array(times.dropFirst()))   // first run warms caches and page tables
     }
 }
+
+extension Measure {
+    /// x[M, k] · W[n, k]ᵀ for a weight far larger than the caches, three ways, in ms (median of `runs`):
+    /// the streaming kernel (what decode passes use), one OpenBLAS sgemm, and M sgemv calls.
+    public static func skinnyProducts(n: Int = 65536, k: Int = 768, rows: [Int] = [1, 2, 4, 8, 16, 32, 64], runs: Int = 5)
+        -> [(rows: Int, kernel: Double, sgemm: Double, sgemv: Double)] {
+        var rng = RNG(seed: 3)
+        let w = Tensor(shape: [n, k])
+        for i in 0..<w.count { w.data[i] = rng.nextNormal() * 0.02 }
+        let maxM = rows.max() ?? 1
+        let x = Tensor(shape: [maxM, k]), y = Tensor(shape: [maxM, n])
+        for i in 0..<x.count { x.data[i] = rng.nextNormal() }
+        let saved = Linear.sgemmMinRows
+        defer { Linear.sgemmMinRows = saved }
+        Linear.sgemmMinRows = Int.max
+        let linear = Linear(weight: w)
+        func ms(_ body: () -> Void) -> Double {
+            body()
+            return median((0..<runs).map { _ in time(body) }) * 1e3
+        }
+        return rows.map { m in
+            (m, ms { linear.apply(x.data, rows: m, into: y.data) },
+             ms { BLAS.matmulNT(x.data, w.data, y.data, m: m, k: k, n: n) },
+             ms { for i in 0..<m { BLAS.matvec(w.data, x.data + i * k, y.data + i * n, n: n, k: k) } })
+        }
+    }
+}

@@ -56,7 +56,7 @@ public final class Generator {
                          progress: ((Int, Int) -> Void)? = nil) throws -> GenerationResult {
         try options.sampling.validate()
         let start = Date()
-        let c = gpt.config, d = c.dim, cls = c.cls_token_num
+        let c = gpt.config, cls = c.cls_token_num
         let cfg = options.sampling.cfgScale > 1
         let B = cfg ? 2 : 1
         let cache = cfg ? cfgCache : plainCache

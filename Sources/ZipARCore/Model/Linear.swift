@@ -9,7 +9,7 @@ public final class Linear {
     public var inFeatures: Int { weight.shape[1] }
 
     /// Below this many rows the streaming kernel beats sgemm (measured with `zipar bench --kernels`).
-    public static var sgemmMinRows = 32
+    public static var sgemmMinRows = 64
 
     public init(weight: Tensor) {
         precondition(weight.shape.count == 2)
@@ -26,10 +26,10 @@ public final class Linear {
             return
         }
         let w = weight.data
-        // Split output columns across workers in multiples of the kernel's 4-row tile.
+        // Split output columns across workers in multiples of the kernel's 3-row tile.
         let parts = n >= 256 ? Parallel.threads : 1
         Parallel.run(parts: parts) { part, parts in
-            let r = Parallel.range(part, of: parts, n: n, align: 4)
+            let r = Parallel.range(part, of: parts, n: n, align: 3)
             if !r.isEmpty { ck_gemm_rows(x, Int32(m), Int32(k), w, Int32(r.lowerBound), Int32(r.upperBound), y, Int32(n)) }
         }
     }
