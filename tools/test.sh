@@ -10,7 +10,8 @@ if ! dpkg -s libopenblas-dev libpng-dev libjpeg-dev pkg-config >/dev/null 2>&1; 
   $SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenblas-dev libpng-dev libjpeg-dev pkg-config
 fi
 swift build -c release --product zipar
-swift test
+swift build --build-tests   # the CLI tests run the debug zipar binary
+swift test --skip-build
 # Converter tests (torch 2.13.0+cpu comes from the machine's local wheel folder).
 python3 -c "import torch" 2>/dev/null || python3 -m pip install -q -r tools/requirements.txt
 python3 -c "import pytest" 2>/dev/null || python3 -m pip install -q pytest

@@ -1,0 +1,125 @@
+import Foundation
+import XCTest
+@testable import ZipARCore
+
+/// End-to-end tests of the `zipar` executable on a tiny model assembled from the fixtures
+/// (GPT gpt_c2i_tiny + VQ vq_tiny: 8x8 tokens -> 64x64 pixels).
+final class CLITests: XCTestCase {
+    var dir = ""
+    var model: String { dir + "/model" }
+
+    static var binary: String {
+        // The test bundle sits in the same build folder as the executable.
+        let bundle = Bundle(for: CLITests.self).bundleURL
+        let candidates = [bundle.appendingPathComponent("zipar"), bundle.deletingLastPathComponent().appendingPathComponent("zipar"),
+                          URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("zipar")]
+        return (candidates.first { FileManager.default.isExecutableFile(atPath: $0.path) } ?? candidates[0]).path
+    }
+
+    override func setUpWithError() throws {
+        dir = try Fixtures.tempDir()
+        try FileManager.default.createDirectory(atPath: model, withIntermediateDirectories: true)
+        let gpt = try Fixtures.json("llamagen/gpt_c2i_tiny.config.json"), vq = try Fixtures.json("llamagen/vq_tiny.config.json")
+        let cfg = try JSONSerialization.data(withJSONObject: ["gpt": gpt, "vq": vq, "name": "tiny"])
+        try cfg.write(to: URL(fileURLWithPath: model + "/config.json"))
+        try FileManager.default.copyItem(atPath: try Fixtures.path("llamagen/gpt_c2i_tiny.weights.safetensors"), toPath: model + "/gpt.safetensors")
+        try FileManager.default.copyItem(atPath: try Fixtures.path("llamagen/vq_tiny.weights.safetensors"), toPath: model + "/vq.safetensors")
+        try "zero\none\ntwo\nthree, tri\nfour\nfive\nsix\nseven\neight\nnine\n".write(toFile: model + "/classes.txt", atomically: true, encoding: .utf8)
+    }
+
+    override func tearDownWithError() throws { try? FileManager.default.removeItem(atPath: dir) }
+
+    @discardableResult
+    func zipar(_ args: [String], expect code: Int32 = 0, file: StaticString = #filePath, line: UInt = #line) throws -> (out: String, err: String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: Self.binary)
+        p.arguments = args
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out; p.standardError = err
+        try p.run()
+        let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        let res = (String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+        XCTAssertEqual(p.terminationStatus, code, "zipar \(args.joined(separator: " ")): \(res.1)", file: file, line: line)
+        return res
+    }
+
+    func files() throws -> [String] { try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0 != "model" }.sorted() }
+
+    func testGenerateCountSeedsMetadataTokensAndDecode() throws {
+        try zipar(["generate", "--model", model, "--class", "tri", "--window", "3", "--count", "2", "--seed", "5",
+                   "-o", dir + "/out.png", "--tokens-out", dir + "/t.json", "--quiet"])
+        XCTAssertEqual(try files(), ["out.png", "out_2.png", "t.json"])
+        let (img2, text2) = try ImageFile.read(dir + "/out_2.png")
+        let params = try XCTUnwrap(text2["parameters"])
+        XCTAssertTrue(params.hasPrefix("class 3 (three, tri)\n"), params)
+        for field in ["Seed: 6", "Window: 3", "Policy: ideal", "Forward passes: 29", "CFG scale: 4.0", "Top-k: 2000", "Model: tiny"] {
+            XCTAssertTrue(params.contains(field), "\(field) missing in \(params)")
+        }
+        // Image i of --count equals a single run with seed+i, bit for bit.
+        try zipar(["generate", "--model", model, "--class", "3", "--window", "3", "--seed", "6", "-o", dir + "/single.png"])
+        XCTAssertEqual(try ImageFile.read(dir + "/single.png").image, img2)
+        // Tokens written by generate decode back to the same pixels.
+        let tokens = try TokensFile.read(dir + "/t.json", vocab: 512)
+        XCTAssertEqual(tokens.height, 8); XCTAssertEqual(tokens.images.count, 2)
+        try zipar(["decode", "--model", model, "--tokens", dir + "/t.json", "-o", dir + "/dec.png"])
+        XCTAssertEqual(try ImageFile.read(dir + "/dec_2.png").image, img2)
+        // JPEG output by extension.
+        try zipar(["generate", "--model", model, "--class", "1", "-o", dir + "/a.jpg", "--jpeg-quality", "80"])
+        XCTAssertEqual(try ImageFile.format(for: dir + "/a.jpg"), .jpeg)
+        XCTAssertEqual(try ImageFile.read(dir + "/a.jpg").image.width, 64)
+    }
+
+    func testBadInputEndsWithOneMessageAndNothingOnDisk() throws {
+        let out = dir + "/x.png"
+        let usage: [[String]] = [
+            ["generate", "--model", model, "--class", "1", "--top-p", "1.5", "-o", out],
+            ["generate", "--model", model, "--class", "1", "--window", "0", "-o", out],
+            ["generate", "--model", model, "--class", "1", "-o", dir + "/x.bmp"],
+            ["generate", "--model", model, "-o", out],
+            ["generate", "--model", model, "--class", "1", "--prompt", "a", "-o", out],
+            ["generate", "--model", model, "--class", "1", "--zipar-policy", "diagonal", "-o", out],
+            ["generate", "--model", model, "--class", "1", "--bogus"],
+        ]
+        for args in usage { try zipar(args, expect: 2) }
+        let runtime: [([String], String)] = [
+            (["generate", "--model", model, "--class", "tiger", "-o", out], "unknown class 'tiger'"),
+            (["generate", "--model", model, "--class", "10", "-o", out], "outside 0..<10"),
+            (["generate", "--model", dir + "/nope", "--class", "1", "-o", out], "does not exist"),
+            (["generate", "--model", model, "--class", "1", "-o", dir + "/missing/x.png"], "does not exist"),
+            (["generate", "--model", model, "--class", "1", "--window", "9", "-o", out], "larger than the grid"),
+            (["generate", "--model", model, "--prompt", "a red circle", "-o", out], "class-conditional"),
+            (["decode", "--model", model, "--tokens", dir + "/none.json", "-o", out], "cannot read"),
+        ]
+        for (args, message) in runtime {
+            let r = try zipar(args, expect: 1)
+            XCTAssertTrue(r.err.contains(message), "'\(message)' not in: \(r.err)")
+            XCTAssertEqual(r.err.split(separator: "\n").count, 1, "one line expected: \(r.err)")
+        }
+        XCTAssertEqual(try files(), [], "nothing may be left on disk")
+    }
+
+    func testHostileModelFilesAreRejectedCleanly() throws {
+        let gpt = model + "/gpt.safetensors"
+        let data = try Data(contentsOf: URL(fileURLWithPath: gpt))
+        try data.prefix(data.count - 100).write(to: URL(fileURLWithPath: gpt))      // truncated
+        var r = try zipar(["generate", "--model", model, "--class", "1", "-o", dir + "/x.png"], expect: 1)
+        XCTAssertTrue(r.err.contains("truncated"), r.err)
+        var huge = Data(count: 8)
+        huge.withUnsafeMutableBytes { $0.storeBytes(of: UInt64(1 << 40).littleEndian, as: UInt64.self) }
+        try huge.write(to: URL(fileURLWithPath: gpt))                                 // absurd header length
+        r = try zipar(["info", "--model", model], expect: 1)
+        XCTAssertTrue(r.err.contains("header length"), r.err)
+        try "{\"gpt\": {\"dim\": 60, \"n_head\": 7}, \"vq\": {}}".write(toFile: model + "/config.json", atomically: true, encoding: .utf8)
+        r = try zipar(["info", "--model", model], expect: 1)
+        XCTAssertTrue(r.err.contains("not divisible"), r.err)
+        XCTAssertEqual(try files(), [])
+    }
+
+    func testInfoAndSchedule() throws {
+        let info = try zipar(["info", "--model", model]).out
+        XCTAssertTrue(info.contains("8x8 tokens -> 64x64 px"), info)
+        let s = try zipar(["schedule", "--grid", "24x24", "--window", "8", "--policy", "upstream"]).out
+        XCTAssertTrue(s.contains("forward passes  224"), s)
+    }
+}
