@@ -137,3 +137,26 @@ final class ProgressBar {
         FileHandle.standardError.write(Data("\r\u{1B}[K".utf8))
     }
 }
+
+/// The condition for one of --class / --prompt / --caption-embeddings, and the text that names it
+/// in the image metadata.
+func makeCondition(_ dir: ModelDirectory, classLabel: String?, prompt: String?, captionEmbeddings: String?) throws -> (Condition, String) {
+    if let c = classLabel {
+        let id = try dir.classID(c)
+        return (.classLabel(id), "class \(id)" + (dir.className(id).map { " (\($0))" } ?? ""))
+    }
+    if let file = captionEmbeddings {
+        guard dir.gpt.isT2I else { throw ZipARError("\(dir.name) is a class-conditional model: use --class") }
+        let (features, mask) = try CaptionEmbeddings.load(file, config: dir.gpt)
+        return (.caption(features: features, mask: mask), "caption embeddings \(URL(fileURLWithPath: file).lastPathComponent)")
+    }
+    let text = prompt ?? ""
+    let (features, mask) = try PromptEncoder.load(dir).encode(text)
+    return (.caption(features: features, mask: mask), text)
+}
+
+/// Decodes tokens to an RGB image with the VQ decoder.
+func renderImage(_ vq: VQDecoder, tokens: [Int], height: Int, width: Int) throws -> RGBImage {
+    let pixels = try vq.decode(codes: tokens, height: height, width: width)    // [3, H*16, W*16]
+    return RGBImage(width: pixels.shape[2], height: pixels.shape[1], pixels: VQDecoder.toRGB8(pixels))
+}

@@ -25,8 +25,7 @@ struct DecodeCommand: ParsableCommand {
         for i in 0..<file.images.count { try checkWritable(numberedPath(output, i)) }
         let vq = try dir.loadVQ()
         for (i, codes) in file.images.enumerated() {
-            let pixels = try vq.decode(codes: codes, height: file.height, width: file.width)
-            let image = RGBImage(width: pixels.shape[2], height: pixels.shape[1], pixels: VQDecoder.toRGB8(pixels))
+            let image = try renderImage(vq, tokens: codes, height: file.height, width: file.width)
             let path = numberedPath(output, i)
             try ImageFile.write(image, to: path, metadata: [(key: "parameters", value: "decoded from \(tokens) (image \(i + 1))\nModel: \(dir.name), Version: zipar \(Zipar.version)")],
                                 jpegQuality: jpegQuality)

@@ -43,23 +43,7 @@ struct GenerateCommand: ParsableCommand {
 
         let dir = try modelOptions.open()
         let sampling = try samplingOptions.settings(defaults: dir.samplingDefaults)
-        let condition: Condition, promptText: String
-        if let c = classLabel {
-            let id = try dir.classID(c)
-            condition = .classLabel(id)
-            promptText = "class \(id)" + (dir.className(id).map { " (\($0))" } ?? "")
-        } else if let file = captionEmbeddings {
-            guard dir.gpt.isT2I else { throw ZipARError("\(dir.name) is a class-conditional model: use --class") }
-            let (features, mask) = try CaptionEmbeddings.load(file, config: dir.gpt)
-            condition = .caption(features: features, mask: mask)
-            promptText = "caption embeddings \(URL(fileURLWithPath: file).lastPathComponent)"
-        } else {
-            let text = prompt ?? ""
-            let encoder = try PromptEncoder.load(dir)
-            let (features, mask) = try encoder.encode(text)
-            condition = .caption(features: features, mask: mask)
-            promptText = text
-        }
+        let (condition, promptText) = try makeCondition(dir, classLabel: classLabel, prompt: prompt, captionEmbeddings: captionEmbeddings)
         let schedule = try ziparOptions.schedule(grid: dir.gpt.gridSize)
         let gpt = try dir.loadGPT()
         let vq = try dir.loadVQ()
@@ -76,8 +60,7 @@ struct GenerateCommand: ParsableCommand {
             bar.finish()
             var image: RGBImage!
             let decodeSeconds = try Measure.time {
-                let pixels = try vq.decode(codes: result.tokens, height: schedule.height, width: schedule.width)
-                image = RGBImage(width: pixels.shape[2], height: pixels.shape[1], pixels: VQDecoder.toRGB8(pixels))
+                image = try renderImage(vq, tokens: result.tokens, height: schedule.height, width: schedule.width)
             }
             let params = ImageParameters(prompt: promptText, sampling: sampling, seed: options.seed, imageSize: image.width,
                                          model: dir.name, window: schedule.window, gridWidth: schedule.width,

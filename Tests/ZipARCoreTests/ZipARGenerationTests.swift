@@ -41,3 +41,65 @@ final class ZipARGenerationTests: XCTestCase {
         }
     }
 }
+
+final class AdaptiveWindowTests: XCTestCase {
+    func model() throws -> GPT {
+        let cfg = try GPTConfig(json: try Fixtures.json("llamagen/gpt_c2i_tiny.config.json"))
+        return try GPT(config: cfg, weights: try Fixtures.safetensors("llamagen/gpt_c2i_tiny.weights.safetensors"))
+    }
+
+    /// With the minimum window equal to the window, nothing is drafted early: the adaptive loop must
+    /// reproduce the static ideal schedule token for token (same inputs, same RNG draws).
+    func testMinEqualToWindowReproducesStaticSchedule() throws {
+        let gpt = try model()
+        for s in [1, 2, 5, 8] {
+            let gen = try Generator(gpt: gpt, schedule: try Schedule.make(height: 8, width: 8, window: s))
+            for greedy in [false, true] {
+                var o = GenerationOptions(); o.sampling.cfgScale = 3; o.sampling.topK = 50; o.seed = 11; o.sampling.greedy = greedy
+                let fixed = try gen.generate(.classLabel(2), options: o)
+                o.adaptiveMinWindow = s
+                let adaptive = try gen.generate(.classLabel(2), options: o)
+                XCTAssertEqual(adaptive.tokens, fixed.tokens, "s=\(s) greedy=\(greedy)")
+                XCTAssertEqual(adaptive.forwardPasses, fixed.forwardPasses)
+                XCTAssertEqual(adaptive.rowStartLags, Array(repeating: s, count: 7))
+            }
+        }
+    }
+
+    func testAdaptiveLagsStayInBoundsAndPassesBetweenStaticCounts() throws {
+        let gpt = try model()
+        let gen = try Generator(gpt: gpt, schedule: try Schedule.make(height: 8, width: 8, window: 6))
+        var o = GenerationOptions(); o.sampling.cfgScale = 2; o.sampling.topK = 20; o.adaptiveMinWindow = 2
+        var early = 0
+        for seed in 0..<6 {
+            o.seed = UInt64(seed)
+            let r = try gen.generate(.classLabel(seed % 10), options: o)
+            XCTAssertEqual(r.tokens, try gen.generate(.classLabel(seed % 10), options: o).tokens, "deterministic")
+            XCTAssertTrue(r.rowStartLags.allSatisfy { (3...6).contains($0) }, "\(r.rowStartLags)")
+            XCTAssertTrue(r.forwardPasses >= 7 * 3 + 8 && r.forwardPasses <= 7 * 6 + 8, "\(r.forwardPasses)")
+            XCTAssertTrue(r.tokens.allSatisfy { $0 >= 0 && $0 < 512 })
+            early += r.rowStartLags.filter { $0 < 6 }.count
+        }
+        XCTAssertGreaterThan(early, 0, "some drafts should be accepted before the full window")
+        o.adaptiveMinWindow = 7
+        XCTAssertThrowsError(try gen.generate(.classLabel(1), options: o))
+    }
+
+    /// The accept/reject step keeps the new distribution exact: over many trials the empirical
+    /// frequency of the result matches p_new, whatever the draft distribution was.
+    func testRecheckSamplesTheNewDistribution() {
+        var s = SamplingSettings(); s.topK = 0
+        let sampler = Sampler(settings: s, vocab: 3)
+        let oldLogits: [Float] = [2, 0, 0], newLogits: [Float] = [0, 1, 0]
+        var rng = RNG(seed: 3)
+        var pOld = [Float](repeating: 0, count: 3), pNew = pOld
+        var counts = [0, 0, 0]
+        let n = 20000
+        for _ in 0..<n {
+            let d = oldLogits.withUnsafeBufferPointer { sampler.sample($0.baseAddress!, rng: &rng, probabilities: &pOld) }
+            let t = newLogits.withUnsafeBufferPointer { sampler.recheck(draft: d, draftProbs: pOld, logits: $0.baseAddress!, newProbs: &pNew, rng: &rng).token }
+            counts[t] += 1
+        }
+        for i in 0..<3 { XCTAssertEqual(Double(counts[i]) / Double(n), Double(pNew[i]), accuracy: 0.015, "token \(i)") }
+    }
+}

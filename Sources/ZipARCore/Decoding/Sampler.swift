@@ -141,3 +141,45 @@ public final class Sampler {
         for i in 0..<n { x[i] *= inv }
     }
 }
+
+extension Sampler {
+    /// Samples like `sample` and also returns the filtered distribution it drew from.
+    public func sample(_ logits: UnsafePointer<Float>, rng: inout RNG, probabilities probs: inout [Float]) -> Int {
+        probs.withUnsafeMutableBufferPointer { probabilities(logits, into: $0.baseAddress!) }
+        if settings.greedy { return Ops.argmax(logits, count: vocab) }
+        return Sampler.draw(probs, rng: &rng)
+    }
+
+    /// Speculative-sampling check of a drafted token against a new prediction: accept with
+    /// probability min(1, p_new(x) / p_old(x)); otherwise draw from the residual max(0, p_new - p_old)
+    /// (renormalised), which makes the result an exact sample of p_new. Greedy: accept when the
+    /// argmax is unchanged, else take the new argmax. `newProbs` receives p_new.
+    public func recheck(draft: Int, draftProbs: [Float], logits: UnsafePointer<Float>, newProbs: inout [Float],
+                        rng: inout RNG) -> (token: Int, accepted: Bool) {
+        newProbs.withUnsafeMutableBufferPointer { probabilities(logits, into: $0.baseAddress!) }
+        if settings.greedy {
+            let best = Ops.argmax(logits, count: vocab)
+            return (best, best == draft)
+        }
+        let pOld = Double(draftProbs[draft]), pNew = Double(newProbs[draft])
+        if pOld > 0 && rng.nextUniform() < min(1, pNew / pOld) { return (draft, true) }
+        var residual = [Float](repeating: 0, count: vocab)
+        var mass: Float = 0
+        for i in 0..<vocab { residual[i] = max(0, newProbs[i] - draftProbs[i]); mass += residual[i] }
+        if mass <= 0 { return (Sampler.draw(newProbs, rng: &rng), false) }
+        return (Sampler.draw(residual, rng: &rng), false)
+    }
+
+    /// One multinomial draw from unnormalised non-negative weights.
+    static func draw(_ weights: [Float], rng: inout RNG) -> Int {
+        var total: Double = 0
+        for w in weights { total += Double(w) }
+        let target = rng.nextUniform() * total
+        var acc: Double = 0, last = 0
+        for (i, w) in weights.enumerated() where w > 0 {
+            acc += Double(w); last = i
+            if acc > target { return i }
+        }
+        return last
+    }
+}
