@@ -88,6 +88,10 @@ final class VQDecoderTests: XCTestCase {
         print("vq_tiny uint8: \(differing) of \(got8.count) bytes differ, max diff \(worst)")
         XCTAssertLessThanOrEqual(worst, 1)
         XCTAssertLessThanOrEqual(differing, 3)
+
+        // A second decode (pool buffers recycled, no hook) gives the identical image.
+        dec.debugHook = nil
+        XCTAssertEqual(try dec.decode(codes: codes, height: 8, width: 8).array, image.array)
     }
 
     func testLatentErrors() throws {
@@ -245,6 +249,16 @@ final class VQDecoderTests: XCTestCase {
         for i in 0..<13 { XCTAssertEqual(Double(t[i]), e[i] / s, accuracy: 1e-7) }
     }
 
+    func testUpsampleNearest2x() {
+        var rng = SplitMix64(seed: 11)
+        let x = randomTensor([3, 5, 7], &rng)  // width 7: SIMD body plus a scalar tail
+        let y = NN.upsampleNearest2x(x)
+        XCTAssertEqual(y.shape, [3, 10, 14])
+        for c in 0..<3 { for yy in 0..<10 { for xx in 0..<14 {
+            XCTAssertEqual(y[(c * 10 + yy) * 14 + xx], x[(c * 5 + yy / 2) * 7 + xx / 2])
+        } } }
+    }
+
     func testToRGB8() {
         let img = Tensor(shape: [3, 1, 2], values: [-1, 0, 1, 2, -2, .nan])
         // x → clamp(127.5x + 128, 0, 255) truncated; HWC order.
@@ -274,10 +288,57 @@ final class VQDecoderTests: XCTestCase {
         let runs = Int(env["ZIPAR_RUNS"] ?? "") ?? 3
         let flops = VQDecoder.decodeFLOPs(config: config, height: grid, width: grid)
         let bands = (env["ZIPAR_BAND_MB"] ?? "16").split(separator: ",").compactMap { Int($0) }
+        func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) * 1e-9 }
+        func best(_ reps: Int, _ body: () -> Void) -> Double {
+            var b = Double.infinity
+            for _ in 0..<reps { let t0 = now(); body(); b = min(b, now() - t0) }
+            return b
+        }
+        // Reference: raw sgemm speed right now (the machine is shared, so compare against this, not the notes).
+        do {
+            let a = Tensor(shape: [1024, 1024]), b = Tensor(shape: [1024, 1024]), c = Tensor(shape: [1024, 1024])
+            a.fill(0.5); b.fill(0.25)
+            let t = best(5) { BLAS.matmulNN(a.data, b.data, c.data, m: 1024, k: 1024, n: 1024) }
+            print(String(format: "sgemm 1024^3 NN: %.1f GFLOP/s", 2 * 1024 * 1024 * 1024 / t / 1e9))
+        }
+        // The dominant op: 3x3 conv 128 -> 128 at 256x256 (six of these plus the upsample conv in the last two levels).
+        do {
+            var rng = SplitMix64(seed: 9)
+            let x = randomTensor([128, 256, 256], &rng), out = Tensor(shape: [128, 256, 256])
+            let conv = Conv2D(weight: randomTensor([128, 128, 3, 3], &rng), bias: randomTensor([128], &rng))
+            let f = 2.0 * 128 * 128 * 9 * 65536
+            for mb in bands {
+                let scratch = ConvScratch(budgetBytes: mb << 20)
+                let t = best(3) { conv.apply(x, into: out, scratch: scratch) }
+                let col = scratch.buffer(count: 1)
+                let rows = max(1, (mb << 20) / (128 * 9 * 256 * 4))
+                let ti = best(3) { var y = 0; while y < 256 { im2col(x.data, channels: 128, height: 256, width: 256, kernel: 3, y0: y, rows: min(rows, 256 - y), col: col); y += rows } }
+                print(String(format: "conv3x3 128->128 @256^2 band %d MB: %.1f ms, %.1f GFLOP/s (im2col alone %.1f ms)", mb, t * 1e3, f / t / 1e9, ti * 1e3))
+            }
+            let ta = best(5) { _ = Tensor(shape: [128, 256, 256]) }
+            let dec = VQDecoder.randomInit(config: config, seed: 0)
+            let block = dec.conv_blocks.last!.res[1]
+            let ws = Workspace()
+            let tr = best(3) { _ = block(x, ws) }
+            let tc = best(3) { block.conv1.apply(x, into: out, scratch: ws.conv) }
+            print(String(format: "alloc [128,256,256]: %.1f ms; ResnetBlock 128 @256^2: %.1f ms vs 2 x conv %.1f ms", ta * 1e3, tr * 1e3, 2 * tc * 1e3))
+            let norm = GroupNorm(weight: randomTensor([128], &rng), bias: randomTensor([128], &rng))
+            let tn = best(3) { norm.apply(x, swish: true, into: out) }
+            let tu = best(3) { _ = NN.upsampleNearest2x(x) }
+            print(String(format: "groupNorm+swish [128,256,256]: %.1f ms; upsample [128,256,256]: %.1f ms", tn * 1e3, tu * 1e3))
+        }
         for mb in bands {
             let t = VQDecoder.benchmarkDecode(config: config, grid: grid, runs: runs, bandBytes: mb << 20)
             print(String(format: "VQ-16 decode %dx%d codes → %dx%d: median %.3f s of %d runs, %.1f GFLOP, %.1f GFLOP/s (band %d MB, %d BLAS threads)",
                          grid, grid, 16 * grid, 16 * grid, t, runs, flops / 1e9, flops / t / 1e9, mb, BLAS.threads))
         }
+        // Per-stage wall time of one decode, from the debug hook's call times.
+        let dec = VQDecoder.randomInit(config: config, seed: 0)
+        if let mb = bands.last { dec.convBandBytes = mb << 20 }
+        var last = now()
+        var report: [String] = []
+        dec.debugHook = { name, _ in let t = now(); report.append("\(name) \(Int((t - last) * 1e3)) ms"); last = t }
+        _ = try dec.decode(codes: (0..<grid * grid).map { $0 % config.codebook_size }, height: grid, width: grid)
+        print("stages: " + report.joined(separator: ", "))
     }
 }

@@ -114,7 +114,7 @@ public final class ConvScratch {
     private var storage: UnsafeMutablePointer<Float>?
     private var capacity = 0
 
-    public init(budgetBytes: Int = 16 << 20) { self.budgetBytes = budgetBytes }
+    public init(budgetBytes: Int = 8 << 20) { self.budgetBytes = budgetBytes }
 
     deinit { storage.map { UnsafeMutableRawPointer($0).deallocate() } }
 

@@ -108,17 +108,27 @@ public enum NN {
 
     /// Nearest-neighbour x2 upsample. x: [C, H, W] → [C, 2H, 2W].
     public static func upsampleNearest2x(_ x: Tensor) -> Tensor {
-        let c = x.shape[0], h = x.shape[1], w = x.shape[2]
-        let out = Tensor(shape: [c, 2 * h, 2 * w])
-        for ch in 0..<c {
-            for y in 0..<h {
-                let src = x.data + (ch * h + y) * w
-                let dst = out.data + (ch * 2 * h + 2 * y) * 2 * w
-                for xi in 0..<w { let v = src[xi]; dst[2 * xi] = v; dst[2 * xi + 1] = v }
-                (dst + 2 * w).update(from: dst, count: 2 * w)  // the second output row is a copy of the first
-            }
-        }
+        let out = Tensor(shape: [x.shape[0], 2 * x.shape[1], 2 * x.shape[2]])
+        upsampleNearest2x(x, into: out)
         return out
+    }
+
+    /// Nearest-neighbour x2 upsample into out: [C, 2H, 2W].
+    public static func upsampleNearest2x(_ x: Tensor, into out: Tensor) {
+        let c = x.shape[0], h = x.shape[1], w = x.shape[2]
+        precondition(out.shape == [c, 2 * h, 2 * w], "upsample output \(out.shape) for input \(x.shape)")
+        for row in 0..<(c * h) {  // (channel, y) pairs: input row → output rows 2y and 2y+1 of the same channel
+            let src = x.data + row * w
+            let dst = out.data + row * 4 * w
+            var i = 0
+            while i + 4 <= w {
+                let v = UnsafeRawPointer(src + i).loadUnaligned(as: SIMD4<Float>.self)
+                store8(F8(v[0], v[0], v[1], v[1], v[2], v[2], v[3], v[3]), dst + 2 * i)
+                i += 4
+            }
+            while i < w { dst[2 * i] = src[i]; dst[2 * i + 1] = src[i]; i += 1 }
+            (dst + 2 * w).update(from: dst, count: 2 * w)  // the second output row is a copy of the first
+        }
     }
 
     /// Softmax over each row of a [rows, n] matrix, in place (max-subtracted, as PyTorch).
