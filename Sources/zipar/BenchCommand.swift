@@ -16,6 +16,8 @@ struct BenchCommand: ParsableCommand {
     var windows: String = "8"
     @Option(help: "ZipAR policy for the windows: ideal or upstream.")
     var policy: String = "ideal"
+    @Option(help: "Also run each window w > MIN with the adaptive window MIN..w.")
+    var adaptiveWindow: Int?
     @Option(help: "CFG scale used for the runs (> 1 doubles the batch).")
     var cfgScale: Float = 4.0
     @Option(help: "Images per mode; the median is reported.")
@@ -94,12 +96,17 @@ struct BenchCommand: ParsableCommand {
         var options = GenerationOptions()
         options.sampling.cfgScale = cfgScale
         options.sampling.topK = min(2000, gpt.config.vocab_size)
-        let generators = try schedules.map { try Generator(gpt: gpt, schedule: $0) }
-        var times = [[Double]](repeating: [], count: schedules.count)
+        // Modes: raster, each window, and each window with the adaptive minimum (if asked).
+        var modeList: [(schedule: Schedule, adaptive: Int?)] = schedules.map { ($0, nil) }
+        if let a = adaptiveWindow { modeList += schedules.dropFirst().filter { $0.window > a }.map { ($0, a) } }
+        let generators = try modeList.map { try Generator(gpt: gpt, schedule: $0.schedule) }
+        var times = [[Double]](repeating: [], count: modeList.count), passes = times
         for run in 0..<runs {
             for (i, g) in generators.enumerated() {
                 options.seed = UInt64(run)
-                times[i].append(try g.generate(.classLabel(0), options: options).seconds)
+                options.adaptiveMinWindow = modeList[i].adaptive
+                let r = try g.generate(.classLabel(0), options: options)
+                times[i].append(r.seconds); passes[i].append(Double(r.forwardPasses))
             }
         }
         let rasterTime = Measure.median(times[0]), rasterPasses = Double(schedules[0].forwardPasses)
@@ -107,14 +114,17 @@ struct BenchCommand: ParsableCommand {
         if !json {
             print("\n| decoding | window | passes | tokens/pass | s/image | speed-up | pass saving | speed-up / saving |\n|---|---|---|---|---|---|---|---|")
         }
-        for (i, s) in schedules.enumerated() {
-            let t = Measure.median(times[i]), speed = rasterTime / t, saving = rasterPasses / Double(s.forwardPasses)
-            let mode = i == 0 ? "raster" : "zipar \(s.policy.rawValue)"
-            modes.append(["decoding": mode, "window": s.window, "passes": s.forwardPasses, "tokens_per_pass": s.meanTokensPerStep,
+        for (i, m) in modeList.enumerated() {
+            let s = m.schedule
+            let p = passes[i].reduce(0, +) / Double(passes[i].count)
+            let t = Measure.median(times[i]), speed = rasterTime / t, saving = rasterPasses / p
+            let mode = i == 0 ? "raster" : m.adaptive.map { "zipar adaptive \($0)-" } ?? "zipar \(s.policy.rawValue)"
+            let tokensPerPass = Double(s.height * s.width) / p
+            modes.append(["decoding": mode, "window": s.window, "passes": p, "tokens_per_pass": tokensPerPass,
                           "seconds_per_image": t, "speedup": speed, "pass_saving": saving, "efficiency": speed / saving])
             if !json {
-                print(String(format: "| %@ | %d | %d | %.2f | %.2f | %.2fx | %.2fx | %.2f |", mode, s.window, s.forwardPasses,
-                             s.meanTokensPerStep, t, speed, saving, speed / saving))
+                print(String(format: "| %@ | %d | %.0f | %.2f | %.2f | %.2fx | %.2fx | %.2f |", mode, s.window, p,
+                             tokensPerPass, t, speed, saving, speed / saving))
             }
         }
         report["images"] = modes

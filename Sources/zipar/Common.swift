@@ -65,9 +65,16 @@ struct ZipAROptions: ParsableArguments {
     var ziparPolicy: String = "ideal"
     @Flag(help: "Reproduce the released ZipAR code: unwritten cache slots stay visible as zero keys/values.")
     var ziparHoles = false
+    @Option(help: "Adaptive window (ZipAR v3): draft each row's first token once the row above holds MIN tokens and re-check it (speculative accept/reject) until accepted or --window is reached.")
+    var adaptiveWindow: Int?
 
     func validate() throws {
         if let w = window, w < 1 { throw ValidationError("--window must be >= 1") }
+        if let a = adaptiveWindow {
+            guard let w = window else { throw ValidationError("--adaptive-window needs --window (the largest window)") }
+            guard a >= 1, a <= w else { throw ValidationError("--adaptive-window must be between 1 and --window") }
+            guard policy == .ideal else { throw ValidationError("--adaptive-window works with the ideal policy") }
+        }
         guard ZipARPolicy(rawValue: ziparPolicy) != nil else {
             throw ValidationError("--zipar-policy must be one of \(ZipARPolicy.allCases.map(\.rawValue).joined(separator: ", "))")
         }

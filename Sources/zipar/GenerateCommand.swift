@@ -55,6 +55,7 @@ struct GenerateCommand: ParsableCommand {
             options.sampling = sampling
             options.seed = seed &+ UInt64(i)
             options.holes = ziparOptions.ziparHoles
+            options.adaptiveMinWindow = ziparOptions.adaptiveWindow
             let bar = ProgressBar(total: dir.gpt.block_size, label: count > 1 ? "image \(i + 1)/\(count)" : "generating", quiet: quiet)
             let result = try generator.generate(condition, options: options) { bar.update(tokens: $0, passes: $1) }
             bar.finish()
@@ -65,7 +66,7 @@ struct GenerateCommand: ParsableCommand {
             let params = ImageParameters(prompt: promptText, sampling: sampling, seed: options.seed, imageSize: image.width,
                                          model: dir.name, window: schedule.window, gridWidth: schedule.width,
                                          policy: schedule.policy, holes: options.holes, forwardPasses: result.forwardPasses,
-                                         version: Zipar.version)
+                                         version: Zipar.version, adaptiveMinWindow: options.adaptiveMinWindow)
             let path = numberedPath(output, i)
             try ImageFile.write(image, to: path, metadata: [(key: "parameters", value: params.a1111)], jpegQuality: jpegQuality)
             allTokens.append(result.tokens)

@@ -14,17 +14,20 @@ public struct ImageParameters {
     public var holes: Bool
     public var forwardPasses: Int
     public var version: String
+    public var adaptiveMinWindow: Int?
 
     public init(prompt: String, sampling: SamplingSettings, seed: UInt64, imageSize: Int, model: String, window: Int,
-                gridWidth: Int, policy: ZipARPolicy, holes: Bool, forwardPasses: Int, version: String) {
+                gridWidth: Int, policy: ZipARPolicy, holes: Bool, forwardPasses: Int, version: String, adaptiveMinWindow: Int? = nil) {
         self.prompt = prompt; self.sampling = sampling; self.seed = seed; self.imageSize = imageSize; self.model = model
         self.window = window; self.gridWidth = gridWidth; self.policy = policy; self.holes = holes
-        self.forwardPasses = forwardPasses; self.version = version
+        self.forwardPasses = forwardPasses; self.version = version; self.adaptiveMinWindow = adaptiveMinWindow
     }
 
     /// "raster" or "zipar window 8 (ideal)".
     public var decodingName: String {
-        window >= gridWidth ? "raster" : "zipar window \(window) (\(policy.rawValue)\(holes ? ", holes" : ""))"
+        if window >= gridWidth { return "raster" }
+        if let a = adaptiveMinWindow { return "zipar adaptive window \(a)-\(window) (\(policy.rawValue))" }
+        return "zipar window \(window) (\(policy.rawValue)\(holes ? ", holes" : ""))"
     }
 
     public var a1111: String {
@@ -33,7 +36,7 @@ public struct ImageParameters {
             ("Steps", "\(forwardPasses)"), ("Sampler", decodingName), ("CFG scale", fmt(s.cfgScale)),
             ("CFG interval", "\(s.cfgInterval)"), ("Top-k", "\(s.topK)"), ("Top-p", fmt(s.topP)),
             ("Temperature", fmt(s.temperature)), ("Seed", "\(seed)"), ("Size", "\(imageSize)x\(imageSize)"),
-            ("Model", model), ("Window", window >= gridWidth ? "raster" : "\(window)"), ("Policy", policy.rawValue),
+            ("Model", model), ("Window", window >= gridWidth ? "raster" : adaptiveMinWindow.map { "adaptive \($0)-\(window)" } ?? "\(window)"), ("Policy", policy.rawValue),
             ("Holes", holes ? "true" : "false"), ("Forward passes", "\(forwardPasses)"), ("Version", "zipar \(version)"),
         ]
         return prompt + "\n" + fields.map { "\($0.0): \($0.1)" }.joined(separator: ", ")
