@@ -4,12 +4,7 @@
 # The golden fixtures are read from ../shared next to the repository.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-if ! dpkg -s libopenblas-dev libpng-dev libjpeg-dev pkg-config >/dev/null 2>&1; then
-  $SUDO apt-get update -qq
-  $SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenblas-dev libpng-dev libjpeg-dev pkg-config
-fi
-swift build -c release --product zipar
+bash tools/install.sh                 # apt packages + release build
 swift build --build-tests   # the CLI tests run the debug zipar binary
 swift test --skip-build
 # Converter tests (torch 2.13.0+cpu comes from the machine's local wheel folder).

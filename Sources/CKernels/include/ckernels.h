@@ -28,4 +28,10 @@ float ck_dot(const float *a, const float *b, int n);
 void ck_axpy(float a, const float *x, float *y, int n);
 /* Sum of n floats, read as fast as the memory allows (bandwidth measurement). */
 float ck_stream_sum(const float *x, size_t n);
+/* Persistent worker pool (pool.c). ck_parallel runs fn(ctx, part, parts) for part in [0, parts),
+   part 0 on the calling thread, and returns when all are done. */
+typedef void (*ck_task_fn)(void *ctx, int part, int parts);
+void ck_pool_start(int threads);
+int ck_pool_size(void);
+void ck_parallel(ck_task_fn fn, void *ctx, int parts);
 #endif

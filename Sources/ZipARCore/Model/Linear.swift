@@ -9,7 +9,7 @@ public final class Linear {
     public var inFeatures: Int { weight.shape[1] }
 
     /// Below this many rows the streaming kernel beats sgemm (measured with `zipar bench --kernels`).
-    public static var sgemmMinRows = 64
+    public static var sgemmMinRows = 32
 
     public init(weight: Tensor) {
         precondition(weight.shape.count == 2)
