@@ -78,63 +78,110 @@ CK_AVX2 static inline float hsum8(__m256 v) {
 #define LOAD_F32(ptr) _mm256_loadu_ps(ptr)
 #define LOAD_F16(ptr) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(ptr)))
 
-/* The tile: 3 weight rows x up to 4 activation rows = 12 accumulators + 3 weight registers + 1
-   activation register = the 16 ymm registers, so nothing spills in the inner loop. K is walked in
-   blocks of KBLOCK floats so that the 3 weight-row pieces and the activation-row pieces stay in L1
-   while every 4-row group of x passes over them: each weight byte comes from DRAM once per call
-   whatever M is. Block partial sums are added into y. */
+/* The tile: 3 weight rows x MI (1..4) activation rows. With MI = 4 that is 12 accumulators + 3
+   weight registers + 1 activation register = the 16 ymm registers, so nothing spills. Each MI has
+   its own function so a remainder of 1-3 rows wastes no FMAs. K is walked in blocks of KBLOCK
+   floats so the 3 weight-row pieces and the activation-row pieces stay in L1 while every row
+   group of x passes over them: each weight byte comes from DRAM once per call whatever M is.
+   Block partial sums are added into y. */
 #define KBLOCK 384
-#define DEFINE_GEMM_ROWS(NAME, WT, LOAD, TOF)                                                        \
+#define DEFINE_TILE1(NAME, WT, LOAD) \
+CK_AVX2 static inline void NAME(const float *x, size_t ldx, const WT *w0, size_t ldw, int p0, int p1, float r[4][3]) { \
+    __m256 a00 = _mm256_setzero_ps(), a01 = _mm256_setzero_ps(), a02 = _mm256_setzero_ps(); \
+    const WT *w1 = w0 + ldw, *w2 = w1 + ldw; \
+    for (int p = p0; p < p1; p += 8) { \
+        __m256 v0 = LOAD(w0 + p), v1 = LOAD(w1 + p), v2 = LOAD(w2 + p), xv; \
+        xv = _mm256_loadu_ps(x + 0 * ldx + p); \
+        a00 = _mm256_fmadd_ps(xv, v0, a00); a01 = _mm256_fmadd_ps(xv, v1, a01); a02 = _mm256_fmadd_ps(xv, v2, a02); \
+    } \
+    r[0][0] = hsum8(a00); r[0][1] = hsum8(a01); r[0][2] = hsum8(a02); \
+}
+
+#define DEFINE_TILE2(NAME, WT, LOAD) \
+CK_AVX2 static inline void NAME(const float *x, size_t ldx, const WT *w0, size_t ldw, int p0, int p1, float r[4][3]) { \
+    __m256 a00 = _mm256_setzero_ps(), a01 = _mm256_setzero_ps(), a02 = _mm256_setzero_ps(), a10 = _mm256_setzero_ps(), a11 = _mm256_setzero_ps(), a12 = _mm256_setzero_ps(); \
+    const WT *w1 = w0 + ldw, *w2 = w1 + ldw; \
+    for (int p = p0; p < p1; p += 8) { \
+        __m256 v0 = LOAD(w0 + p), v1 = LOAD(w1 + p), v2 = LOAD(w2 + p), xv; \
+        xv = _mm256_loadu_ps(x + 0 * ldx + p); \
+        a00 = _mm256_fmadd_ps(xv, v0, a00); a01 = _mm256_fmadd_ps(xv, v1, a01); a02 = _mm256_fmadd_ps(xv, v2, a02); \
+        xv = _mm256_loadu_ps(x + 1 * ldx + p); \
+        a10 = _mm256_fmadd_ps(xv, v0, a10); a11 = _mm256_fmadd_ps(xv, v1, a11); a12 = _mm256_fmadd_ps(xv, v2, a12); \
+    } \
+    r[0][0] = hsum8(a00); r[0][1] = hsum8(a01); r[0][2] = hsum8(a02); \
+    r[1][0] = hsum8(a10); r[1][1] = hsum8(a11); r[1][2] = hsum8(a12); \
+}
+
+#define DEFINE_TILE3(NAME, WT, LOAD) \
+CK_AVX2 static inline void NAME(const float *x, size_t ldx, const WT *w0, size_t ldw, int p0, int p1, float r[4][3]) { \
+    __m256 a00 = _mm256_setzero_ps(), a01 = _mm256_setzero_ps(), a02 = _mm256_setzero_ps(), a10 = _mm256_setzero_ps(), a11 = _mm256_setzero_ps(), a12 = _mm256_setzero_ps(), a20 = _mm256_setzero_ps(), a21 = _mm256_setzero_ps(), a22 = _mm256_setzero_ps(); \
+    const WT *w1 = w0 + ldw, *w2 = w1 + ldw; \
+    for (int p = p0; p < p1; p += 8) { \
+        __m256 v0 = LOAD(w0 + p), v1 = LOAD(w1 + p), v2 = LOAD(w2 + p), xv; \
+        xv = _mm256_loadu_ps(x + 0 * ldx + p); \
+        a00 = _mm256_fmadd_ps(xv, v0, a00); a01 = _mm256_fmadd_ps(xv, v1, a01); a02 = _mm256_fmadd_ps(xv, v2, a02); \
+        xv = _mm256_loadu_ps(x + 1 * ldx + p); \
+        a10 = _mm256_fmadd_ps(xv, v0, a10); a11 = _mm256_fmadd_ps(xv, v1, a11); a12 = _mm256_fmadd_ps(xv, v2, a12); \
+        xv = _mm256_loadu_ps(x + 2 * ldx + p); \
+        a20 = _mm256_fmadd_ps(xv, v0, a20); a21 = _mm256_fmadd_ps(xv, v1, a21); a22 = _mm256_fmadd_ps(xv, v2, a22); \
+    } \
+    r[0][0] = hsum8(a00); r[0][1] = hsum8(a01); r[0][2] = hsum8(a02); \
+    r[1][0] = hsum8(a10); r[1][1] = hsum8(a11); r[1][2] = hsum8(a12); \
+    r[2][0] = hsum8(a20); r[2][1] = hsum8(a21); r[2][2] = hsum8(a22); \
+}
+
+#define DEFINE_TILE4(NAME, WT, LOAD) \
+CK_AVX2 static inline void NAME(const float *x, size_t ldx, const WT *w0, size_t ldw, int p0, int p1, float r[4][3]) { \
+    __m256 a00 = _mm256_setzero_ps(), a01 = _mm256_setzero_ps(), a02 = _mm256_setzero_ps(), a10 = _mm256_setzero_ps(), a11 = _mm256_setzero_ps(), a12 = _mm256_setzero_ps(), a20 = _mm256_setzero_ps(), a21 = _mm256_setzero_ps(), a22 = _mm256_setzero_ps(), a30 = _mm256_setzero_ps(), a31 = _mm256_setzero_ps(), a32 = _mm256_setzero_ps(); \
+    const WT *w1 = w0 + ldw, *w2 = w1 + ldw; \
+    for (int p = p0; p < p1; p += 8) { \
+        __m256 v0 = LOAD(w0 + p), v1 = LOAD(w1 + p), v2 = LOAD(w2 + p), xv; \
+        xv = _mm256_loadu_ps(x + 0 * ldx + p); \
+        a00 = _mm256_fmadd_ps(xv, v0, a00); a01 = _mm256_fmadd_ps(xv, v1, a01); a02 = _mm256_fmadd_ps(xv, v2, a02); \
+        xv = _mm256_loadu_ps(x + 1 * ldx + p); \
+        a10 = _mm256_fmadd_ps(xv, v0, a10); a11 = _mm256_fmadd_ps(xv, v1, a11); a12 = _mm256_fmadd_ps(xv, v2, a12); \
+        xv = _mm256_loadu_ps(x + 2 * ldx + p); \
+        a20 = _mm256_fmadd_ps(xv, v0, a20); a21 = _mm256_fmadd_ps(xv, v1, a21); a22 = _mm256_fmadd_ps(xv, v2, a22); \
+        xv = _mm256_loadu_ps(x + 3 * ldx + p); \
+        a30 = _mm256_fmadd_ps(xv, v0, a30); a31 = _mm256_fmadd_ps(xv, v1, a31); a32 = _mm256_fmadd_ps(xv, v2, a32); \
+    } \
+    r[0][0] = hsum8(a00); r[0][1] = hsum8(a01); r[0][2] = hsum8(a02); \
+    r[1][0] = hsum8(a10); r[1][1] = hsum8(a11); r[1][2] = hsum8(a12); \
+    r[2][0] = hsum8(a20); r[2][1] = hsum8(a21); r[2][2] = hsum8(a22); \
+    r[3][0] = hsum8(a30); r[3][1] = hsum8(a31); r[3][2] = hsum8(a32); \
+}
+
+/* Rows are grouped 4 at a time, except that a remainder is balanced (6 = 3+3, 5 = 3+2) so that
+   no group is tiny. */
+static inline int group_rows(int left) { return left == 5 || left == 6 ? 3 : (left < 4 ? left : 4); }
+
+#define DEFINE_GEMM_ROWS(NAME, T1, T2, T3, T4, WT, LOAD, TOF)                                      \
 CK_AVX2 static void NAME(const float *x, int m, int k, const WT *w, int j0, int j1, float *y, int ldy) { \
     int k8 = k & ~7;                                                                                 \
     int j = j0;                                                                                      \
     for (; j + 3 <= j1; j += 3) {                                                                    \
-        const WT *w0 = w + (size_t)j * k, *w1 = w0 + k, *w2 = w1 + k;                               \
-        const WT *ws[3] = {w0, w1, w2};                                                              \
+        const WT *w0 = w + (size_t)j * k;                                                            \
         for (int p0 = 0; p0 == 0 || p0 < k8; p0 += KBLOCK) {                                         \
           int p1 = p0 + KBLOCK < k8 ? p0 + KBLOCK : k8;                                              \
           int last = p1 >= k8;                                                                       \
-          for (int i = 0; i < m; i += 4) {                                                           \
-            int mi = m - i < 4 ? m - i : 4;                                                          \
+          for (int i = 0; i < m;) {                                                                  \
+            int mi = group_rows(m - i);                                                              \
             const float *x0 = x + (size_t)i * k;                                                     \
-            const float *x1 = mi > 1 ? x0 + k : x0, *x2 = mi > 2 ? x1 + k : x0, *x3 = mi > 3 ? x2 + k : x0; \
             float r[4][3];                                                                           \
-            if (mi == 1) { /* one row: 3 accumulators, no duplicated FMAs */                         \
-                __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00;                              \
-                for (int p = p0; p < p1; p += 8) {                                                   \
-                    __m256 xa = _mm256_loadu_ps(x0 + p);                                             \
-                    a00 = _mm256_fmadd_ps(xa, LOAD(w0 + p), a00);                                    \
-                    a01 = _mm256_fmadd_ps(xa, LOAD(w1 + p), a01);                                    \
-                    a02 = _mm256_fmadd_ps(xa, LOAD(w2 + p), a02);                                    \
-                }                                                                                    \
-                r[0][0] = hsum8(a00); r[0][1] = hsum8(a01); r[0][2] = hsum8(a02);                    \
-            } else {                                                                                 \
-                __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a10 = a00, a11 = a00, a12 = a00; \
-                __m256 a20 = a00, a21 = a00, a22 = a00, a30 = a00, a31 = a00, a32 = a00;             \
-                for (int p = p0; p < p1; p += 8) {                                                   \
-                    __m256 v0 = LOAD(w0 + p), v1 = LOAD(w1 + p), v2 = LOAD(w2 + p), xv;              \
-                    xv = _mm256_loadu_ps(x0 + p);                                                    \
-                    a00 = _mm256_fmadd_ps(xv, v0, a00); a01 = _mm256_fmadd_ps(xv, v1, a01); a02 = _mm256_fmadd_ps(xv, v2, a02); \
-                    xv = _mm256_loadu_ps(x1 + p);                                                    \
-                    a10 = _mm256_fmadd_ps(xv, v0, a10); a11 = _mm256_fmadd_ps(xv, v1, a11); a12 = _mm256_fmadd_ps(xv, v2, a12); \
-                    xv = _mm256_loadu_ps(x2 + p);                                                    \
-                    a20 = _mm256_fmadd_ps(xv, v0, a20); a21 = _mm256_fmadd_ps(xv, v1, a21); a22 = _mm256_fmadd_ps(xv, v2, a22); \
-                    xv = _mm256_loadu_ps(x3 + p);                                                    \
-                    a30 = _mm256_fmadd_ps(xv, v0, a30); a31 = _mm256_fmadd_ps(xv, v1, a31); a32 = _mm256_fmadd_ps(xv, v2, a32); \
-                }                                                                                    \
-                r[0][0] = hsum8(a00); r[0][1] = hsum8(a01); r[0][2] = hsum8(a02);                    \
-                r[1][0] = hsum8(a10); r[1][1] = hsum8(a11); r[1][2] = hsum8(a12);                    \
-                r[2][0] = hsum8(a20); r[2][1] = hsum8(a21); r[2][2] = hsum8(a22);                    \
-                r[3][0] = hsum8(a30); r[3][1] = hsum8(a31); r[3][2] = hsum8(a32);                    \
+            switch (mi) {                                                                            \
+            case 1: T1(x0, k, w0, k, p0, p1, r); break;                                              \
+            case 2: T2(x0, k, w0, k, p0, p1, r); break;                                              \
+            case 3: T3(x0, k, w0, k, p0, p1, r); break;                                              \
+            default: T4(x0, k, w0, k, p0, p1, r); break;                                             \
             }                                                                                        \
-            const float *xs[4] = {x0, x1, x2, x3};                                                   \
             for (int a = 0; a < mi; a++)                                                             \
                 for (int b = 0; b < 3; b++) {                                                        \
                     float acc = r[a][b];                                                             \
-                    if (last) for (int p = k8; p < k; p++) acc += xs[a][p] * TOF(ws[b][p]);          \
+                    if (last) for (int p = k8; p < k; p++) acc += x0[(size_t)a * k + p] * TOF(w0[(size_t)b * k + p]); \
                     float *dst = y + (size_t)(i + a) * ldy + j + b;                                  \
                     *dst = p0 == 0 ? acc : *dst + acc;                                               \
                 }                                                                                    \
+            i += mi;                                                                                 \
           }                                                                                          \
           if (k8 == 0) break;                                                                        \
         }                                                                                            \
@@ -153,8 +200,16 @@ CK_AVX2 static void NAME(const float *x, int m, int k, const WT *w, int j0, int 
 }
 
 #define F32_ID(v) (v)
-DEFINE_GEMM_ROWS(gemm_rows_avx2, float, LOAD_F32, F32_ID)
-DEFINE_GEMM_ROWS(gemm_rows_f16_avx2, uint16_t, LOAD_F16, half_to_float)
+DEFINE_TILE1(tile1_f32, float, LOAD_F32)
+DEFINE_TILE2(tile2_f32, float, LOAD_F32)
+DEFINE_TILE3(tile3_f32, float, LOAD_F32)
+DEFINE_TILE4(tile4_f32, float, LOAD_F32)
+DEFINE_TILE1(tile1_f16, uint16_t, LOAD_F16)
+DEFINE_TILE2(tile2_f16, uint16_t, LOAD_F16)
+DEFINE_TILE3(tile3_f16, uint16_t, LOAD_F16)
+DEFINE_TILE4(tile4_f16, uint16_t, LOAD_F16)
+DEFINE_GEMM_ROWS(gemm_rows_avx2, tile1_f32, tile2_f32, tile3_f32, tile4_f32, float, LOAD_F32, F32_ID)
+DEFINE_GEMM_ROWS(gemm_rows_f16_avx2, tile1_f16, tile2_f16, tile3_f16, tile4_f16, uint16_t, LOAD_F16, half_to_float)
 
 CK_AVX2 static float dot_avx2(const float *a, const float *b, int n) {
     __m256 s0 = _mm256_setzero_ps(), s1 = s0;
