@@ -308,3 +308,62 @@ float ck_stream_sum(const float *x, size_t n) {
     for (size_t p = 0; p < n; p++) s += x[p];
     return s;
 }
+
+/* out[d] = sum_j p[j] * v[j*d ...]: one query's weighted sum of value rows. */
+#ifdef CK_X86
+CK_AVX2 static void weighted_rows_avx2(const float *p, const float *v, int n, int d, float *out) {
+    int c = 0;
+    for (; c + 64 <= d; c += 64) {   /* 8 accumulators cover 64 columns */
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+        for (int j = 0; j < n; j++) {
+            if (p[j] == 0.0f) continue;
+            __m256 pj = _mm256_set1_ps(p[j]);
+            const float *vj = v + (size_t)j * d + c;
+            a0 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj), a0);      a1 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 8), a1);
+            a2 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 16), a2); a3 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 24), a3);
+            a4 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 32), a4); a5 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 40), a5);
+            a6 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 48), a6); a7 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 56), a7);
+        }
+        _mm256_storeu_ps(out + c, a0);      _mm256_storeu_ps(out + c + 8, a1);
+        _mm256_storeu_ps(out + c + 16, a2); _mm256_storeu_ps(out + c + 24, a3);
+        _mm256_storeu_ps(out + c + 32, a4); _mm256_storeu_ps(out + c + 40, a5);
+        _mm256_storeu_ps(out + c + 48, a6); _mm256_storeu_ps(out + c + 56, a7);
+    }
+    if (c < d) {   /* remaining columns (head_dim not a multiple of 64) */
+        memset(out + c, 0, sizeof(float) * (size_t)(d - c));
+        for (int j = 0; j < n; j++)
+            if (p[j] != 0.0f) axpy_avx2(p[j], v + (size_t)j * d + c, out + c, d - c);
+    }
+}
+#endif
+
+static void weighted_rows(const float *p, const float *v, int n, int d, float *out) {
+#ifdef CK_X86
+    if (ck_has_avx2_fma()) { weighted_rows_avx2(p, v, n, d, out); return; }
+#endif
+    memset(out, 0, sizeof(float) * (size_t)d);
+    for (int j = 0; j < n; j++)
+        if (p[j] != 0.0f) for (int c = 0; c < d; c++) out[c] += p[j] * v[(size_t)j * d + c];
+}
+
+void ck_attend_group(const float *q, int ldq, const float *k, const float *v, const uint8_t *masks,
+                     const int *maskOffsets, int nq, int n, int d, float scale, float *scores,
+                     float *out, int ldo) {
+    /* Scores for the whole group with the streaming product: each key row is read once. */
+    if (ldq == d) ck_gemm_rows(q, nq, d, k, 0, n, scores, n);
+    else for (int i = 0; i < nq; i++) ck_gemm_rows(q + (size_t)i * ldq, 1, d, k, 0, n, scores + (size_t)i * n, n);
+    for (int i = 0; i < nq; i++) {
+        float *s = scores + (size_t)i * n, mx = -INFINITY, sum = 0;
+        const uint8_t *m = masks + maskOffsets[i];
+        for (int j = 0; j < n; j++) {
+            s[j] = m[j] ? s[j] * scale : -INFINITY;
+            if (s[j] > mx) mx = s[j];
+        }
+        if (mx == -INFINITY) { memset(out + (size_t)i * ldo, 0, sizeof(float) * (size_t)d); continue; }
+        for (int j = 0; j < n; j++) { float e = s[j] == -INFINITY ? 0.0f : expf(s[j] - mx); s[j] = e; sum += e; }
+        float inv = 1.0f / sum;
+        for (int j = 0; j < n; j++) s[j] *= inv;
+        /* Value rows of one head are a few hundred KB at most: after the first query they come from cache. */
+        weighted_rows(s, v, n, d, out + (size_t)i * ldo);
+    }
+}

@@ -26,6 +26,8 @@ struct BenchCommand: ParsableCommand {
     var noPasses = false
     @Flag(help: "Skip the VQ decoder timing.")
     var noVq = false
+    @Flag(help: "Also print where the time of each pass goes (ms per pass by component).")
+    var profile = false
     @Flag(help: "Print JSON instead of tables.")
     var json = false
     @Flag(help: "Only compare the decode kernel with OpenBLAS sgemm/sgemv on a 201 MB weight, by row count.")
@@ -83,11 +85,14 @@ struct BenchCommand: ParsableCommand {
             var kinds: [(inputs: Int, cfg: Bool)] = [(1, false), (1, true)]
             for k in Set(schedules.map { $0.maxTokensPerStep }).sorted() where k > 1 { kinds.append((k, cfg)) }
             var rows: [[String: Any]] = []
-            if !json { print("\n| inputs | CFG | rows | ms/pass | x limit |\n|---|---|---|---|---|") }
+            if !json { print("\n| inputs | CFG | rows | ms/pass | x limit |" + (profile ? " ms per component |" : "") + "\n|---|---|---|---|---|" + (profile ? "---|" : "")) }
             for kind in kinds {
+                let profiler = PassProfiler()
+                PassProfiler.current = profile ? profiler : nil
                 let t = Measure.forwardPass(gpt: gpt, inputs: kind.inputs, cfg: kind.cfg) * 1e3
+                PassProfiler.current = nil
                 rows.append(["inputs": kind.inputs, "cfg": kind.cfg, "ms": t, "x_limit": t / limitMs])
-                if !json { print(String(format: "| %d | %@ | %d | %.1f | %.2f |", kind.inputs, kind.cfg ? "yes" : "no", kind.inputs * (kind.cfg ? 2 : 1), t, t / limitMs)) }
+                if !json { print(String(format: "| %d | %@ | %d | %.1f | %.2f |", kind.inputs, kind.cfg ? "yes" : "no", kind.inputs * (kind.cfg ? 2 : 1), t, t / limitMs) + (profile ? " \(profiler.summary) |" : "")) }
             }
             report["passes"] = rows
         }
@@ -100,19 +105,19 @@ struct BenchCommand: ParsableCommand {
         var modeList: [(schedule: Schedule, adaptive: Int?)] = schedules.map { ($0, nil) }
         if let a = adaptiveWindow { modeList += schedules.dropFirst().filter { $0.window > a }.map { ($0, a) } }
         let generators = try modeList.map { try Generator(gpt: gpt, schedule: $0.schedule) }
-        var times = [[Double]](repeating: [], count: modeList.count), passes = times
+        var times = [[Double]](repeating: [], count: modeList.count), passes = times, forwardTimes = times
         for run in 0..<runs {
             for (i, g) in generators.enumerated() {
                 options.seed = UInt64(run)
                 options.adaptiveMinWindow = modeList[i].adaptive
                 let r = try g.generate(.classLabel(0), options: options)
-                times[i].append(r.seconds); passes[i].append(Double(r.forwardPasses))
+                times[i].append(r.seconds); passes[i].append(Double(r.forwardPasses)); forwardTimes[i].append(r.forwardSeconds)
             }
         }
         let rasterTime = Measure.median(times[0]), rasterPasses = Double(schedules[0].forwardPasses)
         var modes: [[String: Any]] = []
         if !json {
-            print("\n| decoding | window | passes | tokens/pass | s/image | speed-up | pass saving | speed-up / saving |\n|---|---|---|---|---|---|---|---|")
+            print("\n| decoding | window | passes | tokens/pass | s/image | in passes | ms/pass | speed-up | pass saving | speed-up / saving |\n|---|---|---|---|---|---|---|---|---|---|")
         }
         for (i, m) in modeList.enumerated() {
             let s = m.schedule
@@ -120,11 +125,13 @@ struct BenchCommand: ParsableCommand {
             let t = Measure.median(times[i]), speed = rasterTime / t, saving = rasterPasses / p
             let mode = i == 0 ? "raster" : m.adaptive.map { "zipar adaptive \($0)-" } ?? "zipar \(s.policy.rawValue)"
             let tokensPerPass = Double(s.height * s.width) / p
+            let inPasses = Measure.median(forwardTimes[i])
             modes.append(["decoding": mode, "window": s.window, "passes": p, "tokens_per_pass": tokensPerPass,
-                          "seconds_per_image": t, "speedup": speed, "pass_saving": saving, "efficiency": speed / saving])
+                          "seconds_per_image": t, "seconds_in_passes": inPasses, "ms_per_pass": inPasses / p * 1e3,
+                          "speedup": speed, "pass_saving": saving, "efficiency": speed / saving])
             if !json {
-                print(String(format: "| %@ | %d | %.0f | %.2f | %.2f | %.2fx | %.2fx | %.2f |", mode, s.window, p,
-                             tokensPerPass, t, speed, saving, speed / saving))
+                print(String(format: "| %@ | %d | %.0f | %.2f | %.2f | %.2f | %.1f | %.2fx | %.2fx | %.2f |", mode, s.window, p,
+                             tokensPerPass, t, inPasses, inPasses / p * 1e3, speed, saving, speed / saving))
             }
         }
         report["images"] = modes

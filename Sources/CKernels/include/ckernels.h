@@ -23,6 +23,15 @@ void ck_gemm_rows_f16(const float *x, int m, int k, const uint16_t *w, int j0, i
 void ck_attend(const float *q, const float *k, const float *v, const uint8_t *mask, int n, int d,
                float scale, float *scores, float *out);
 
+/* Attention of nq queries that share one key/value head (same batch entry, same KV head) over n
+   cache slots, reading every key and value row once for the whole group:
+     for query i: s_ij = (q_i . k_j) * scale if mask_i[j] else -inf; p_i = softmax(s_i); out_i = sum_j p_ij v_j
+   q_i = q[i*ldq ...], mask_i = masks + maskOffsets[i] (n entries), out_i = out[i*ldo ...].
+   scores is scratch [nq * n]. A query with no visible slot gets a zero output. */
+void ck_attend_group(const float *q, int ldq, const float *k, const float *v, const uint8_t *masks,
+                     const int *maskOffsets, int nq, int n, int d, float scale, float *scores,
+                     float *out, int ldo);
+
 /* Dot product and y += a*x, used by small loops. */
 float ck_dot(const float *a, const float *b, int n);
 void ck_axpy(float a, const float *x, float *y, int n);

@@ -27,6 +27,8 @@ public struct GenerationResult {
     public let seconds: Double
     /// Adaptive window only: for each row r >= 1, how many tokens row r-1 held when row r started.
     public let rowStartLags: [Int]
+    /// Seconds spent inside transformer forward passes (the rest is sampling and bookkeeping).
+    public let forwardSeconds: Double
 }
 
 /// Runs a decoding schedule (raster or ZipAR) through the GPT: one forward pass per step, every
@@ -69,6 +71,7 @@ public final class Generator {
         var visibility: AttentionVisibility
         var tokens: [Int]
         var passes = 0
+        var forwardSeconds = 0.0
     }
 
     /// Generates one image's tokens. `progress(tokensDone, passesDone)` is called after every pass.
@@ -97,7 +100,8 @@ public final class Generator {
             }
         }
         guard run.tokens.allSatisfy({ $0 >= 0 }) else { throw ZipARError("schedule left cells unsampled") }
-        return GenerationResult(tokens: run.tokens, forwardPasses: run.passes, seconds: Date().timeIntervalSince(start), rowStartLags: lags)
+        return GenerationResult(tokens: run.tokens, forwardPasses: run.passes, seconds: Date().timeIntervalSince(start),
+                                rowStartLags: lags, forwardSeconds: run.forwardSeconds)
     }
 
     /// The condition prefix of each batch entry (cond first, then uncond), then token 0.
@@ -142,7 +146,9 @@ public final class Generator {
         }
         for (i, input) in inputs.enumerated() { if let o = input.output { logitRows.append(i); outputs.append(o) } }
         if run.cfg { logitRows += logitRows.map { $0 + n } }
-        gpt.forward(state: state, cache: run.cache, positions: positions, batchOf: batchOf, visibility: run.visibility, logitRows: logitRows)
+        run.forwardSeconds += Measure.time {
+            gpt.forward(state: state, cache: run.cache, positions: positions, batchOf: batchOf, visibility: run.visibility, logitRows: logitRows)
+        }
         run.passes += 1
         return outputs
     }

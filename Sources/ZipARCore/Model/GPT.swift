@@ -171,10 +171,15 @@ public final class GPT {
 
         for p in positions { cache.markWritten(p) }
         buildMasks(state: state, cache: cache, positions: positions, visibility: visibility)
+        // Rows of each batch entry (a pass lists cond rows, then uncond rows), for grouped attention.
+        let rowsOf: [[Int]] = (0...(batchOf.max() ?? 0)).map { b in positions.indices.filter { batchOf[$0] == b } }
 
+        let prof = PassProfiler.current
+        prof?.start()
         for (li, layer) in layers.enumerated() {
             Ops.rmsNorm(x, layer.attention_norm.data, xb, rows: R, dim: d, eps: c.norm_eps)
             layer.wqkv.apply(xb, rows: R, into: qkv)
+            prof?.lap("wqkv")
             // RoPE on Q and K heads, then store K and V at each row's slot.
             for r in 0..<R {
                 let row = qkv + r * qkvW, pos = positions[r], b = batchOf[r]
@@ -185,25 +190,32 @@ public final class GPT {
                     (cache.values.data + o).update(from: row + d + nkv * hd + h * hd, count: hd)
                 }
             }
-            attention(state: state, cache: cache, layer: li, positions: positions, batchOf: batchOf)
+            prof?.lap("rope+cache")
+            attention(state: state, cache: cache, layer: li, positions: positions, rowsOf: rowsOf)
+            prof?.lap("attention")
             layer.wo.apply(att, rows: R, into: xb)
             Ops.add(x, xb, count: R * d)
+            prof?.lap("wo")
 
             Ops.rmsNorm(x, layer.ffn_norm.data, xb, rows: R, dim: d, eps: c.norm_eps)
             layer.w1.apply(xb, rows: R, into: h1)
             layer.w3.apply(xb, rows: R, into: h3)
+            prof?.lap("w1+w3")
             Ops.swiGLU(h1, h3, count: R * hidden)
             layer.w2.apply(h1, rows: R, into: xb)
             Ops.add(x, xb, count: R * d)
+            prof?.lap("w2")
         }
         // Final norm only for the rows whose logits are wanted.
         for (i, r) in logitRows.enumerated() {
             Ops.rmsNorm(x + r * d, norm.data, xb + i * d, rows: 1, dim: d, eps: c.norm_eps)
         }
         if !logitRows.isEmpty { output.apply(xb, rows: logitRows.count, into: state.logits.data) }
+        prof?.lap("output")
+        prof?.passes += 1
     }
 
-    /// mask[r][j] = 1 when the query of row r may attend to slot j.
+    /// mask[r][j] = 1 when the query of row r may attend to slot j (rows are cleared to the end).
     private func buildMasks(state: ForwardState, cache: KVCache, positions: [Int], visibility: AttentionVisibility) {
         let S = cache.slots, cls = config.cls_token_num
         for (r, p) in positions.enumerated() {
@@ -213,25 +225,47 @@ public final class GPT {
                 if j < cls, let cap = visibility.captionMask, !cap[j], j != p { ok = false }
                 m[j] = ok ? 1 : 0
             }
+            if p + 1 < S { (m + p + 1).update(repeating: 0, count: S - p - 1) }
         }
     }
 
-    /// Multi-head attention of every row over its visible cache slots, (row, head) pairs split across workers.
-    private func attention(state: ForwardState, cache: KVCache, layer: Int, positions: [Int], batchOf: [Int]) {
+    /// Multi-head attention. Queries that read the same cache head (same batch entry, same KV head:
+    /// every row of the pass and, with GQA, every query head of the group) are handled together, so
+    /// each key and value row is read once per pass instead of once per query. Groups are split
+    /// across workers.
+    private func attention(state: ForwardState, cache: KVCache, layer: Int, positions: [Int], rowsOf: [[Int]]) {
         let c = config, hd = c.headDim, nh = c.n_head, nkv = c.kvHeads
         let qkvW = (nh + 2 * nkv) * hd, group = nh / nkv, S = cache.slots
         let scale = 1 / Float(hd).squareRoot()
-        let jobs = positions.count * nh
+        let B = rowsOf.count
         let qkv = state.qkv.data, att = state.att.data, mask = state.mask, scores = state.scores.data
         let keys = cache.keys.data, values = cache.values.data
         let work = positions.reduce(0) { $0 + $1 } * nh * hd
+        let perPart = state.scores.count / max(1, state.scores.shape[0])
         Parallel.run(parts: work > 50_000 ? Parallel.threads : 1) { part, parts in
-            let sc = scores + part * S
-            for job in Parallel.range(part, of: parts, n: jobs) {
-                let r = job / nh, h = job % nh, pos = positions[r]
-                let o = cache.base(batchOf[r], layer, h / group)
-                ck_attend(qkv + r * qkvW + h * hd, keys + o, values + o, mask + r * S, Int32(pos + 1), Int32(hd),
-                          scale, sc, att + r * c.dim + h * hd)
+            let sc = scores + part * perPart
+            let offsets = state.maskOffsets + part * state.maxRows * group
+            for job in Parallel.range(part, of: parts, n: B * nkv) {
+                let b = job / nkv, g = job % nkv, rows = rowsOf[b]
+                guard !rows.isEmpty else { continue }
+                let n = rows.map { positions[$0] }.max()! + 1
+                // Query i = (row rows[i / group], head g*group + i % group); q and out rows are hd apart within a row.
+                let o = cache.base(b, layer, g)
+                for (ri, r) in rows.enumerated() {
+                    for h in 0..<group { offsets[ri * group + h] = Int32(r * S) }
+                }
+                let nq = rows.count * group
+                // Gather queries into a contiguous block [nq, hd] and scatter results back.
+                let qbuf = state.qGather.data + part * state.maxRows * nh * hd
+                let obuf = state.oGather.data + part * state.maxRows * nh * hd
+                for (ri, r) in rows.enumerated() {
+                    (qbuf + ri * group * hd).update(from: qkv + r * qkvW + g * group * hd, count: group * hd)
+                }
+                ck_attend_group(qbuf, Int32(hd), keys + o, values + o, mask, offsets, Int32(nq), Int32(n), Int32(hd),
+                                scale, sc, obuf, Int32(hd))
+                for (ri, r) in rows.enumerated() {
+                    (att + r * c.dim + g * group * hd).update(from: obuf + ri * group * hd, count: group * hd)
+                }
             }
         }
     }
@@ -241,6 +275,8 @@ public final class GPT {
 public final class ForwardState {
     public let maxRows: Int
     let x, xb, qkv, att, h1, h3, logits, scores: Tensor
+    let qGather, oGather: Tensor      // per worker: [maxRows * n_head, head_dim] gathered queries / outputs
+    let maskOffsets: UnsafeMutablePointer<Int32>   // per worker: mask row offset of each gathered query
     let mask: UnsafeMutablePointer<UInt8>
 
     public init(config: GPTConfig, maxRows: Int, slots: Int) {
@@ -250,12 +286,19 @@ public final class ForwardState {
         qkv = Tensor(shape: [maxRows, (config.n_head + 2 * config.kvHeads) * config.headDim])
         h1 = Tensor(shape: [maxRows, config.ffnHidden]); h3 = Tensor(shape: [maxRows, config.ffnHidden])
         logits = Tensor(shape: [maxRows, config.vocab_size])
-        scores = Tensor(shape: [max(1, Parallel.threads), slots])
+        let workers = max(1, Parallel.threads)
+        // Attention scratch per worker: scores of up to maxRows * (query heads per KV head) queries.
+        scores = Tensor(shape: [workers, maxRows * (config.n_head / config.kvHeads) * slots])
+        qGather = Tensor(shape: [workers, maxRows * config.n_head * config.headDim])
+        oGather = Tensor(shape: [workers, maxRows * config.n_head * config.headDim])
+        let group = config.n_head / config.kvHeads
+        maskOffsets = UnsafeMutablePointer<Int32>.allocate(capacity: workers * maxRows * group)
+        maskOffsets.initialize(repeating: 0, count: workers * maxRows * group)
         mask = UnsafeMutablePointer<UInt8>.allocate(capacity: maxRows * slots)
         mask.initialize(repeating: 0, count: maxRows * slots)
     }
 
-    deinit { mask.deallocate() }
+    deinit { mask.deallocate(); maskOffsets.deallocate() }
 
     /// Input embedding row r (write the row's embedding here before `forward`).
     public func input(_ r: Int) -> UnsafeMutablePointer<Float> { x.data + r * x.shape[1] }
