@@ -143,8 +143,12 @@ struct BenchCommand: ParsableCommand {
             var ts: [Double] = []
             for _ in 0..<max(1, min(runs, 3)) { ts.append(try Measure.time { _ = try vq.decode(codes: codes, height: side, width: side) }) }
             let t = Measure.median(ts)
-            report["vq_decode_seconds"] = t
-            if !json { print(String(format: "\nVQ decode %dx%d tokens -> %dx%d px: %.2f s", side, side, side * vq.config.downsample, side * vq.config.downsample, t)) }
+            let gflop = VQDecoder.decodeFLOPs(config: vq.config, height: side, width: side) / 1e9
+            report["vq_decode_seconds"] = t; report["vq_decode_gflop"] = gflop
+            if !json {
+                print(String(format: "\nVQ decode %dx%d tokens -> %dx%d px: %.2f s (%.0f GFLOP, %.0f GFLOP/s)", side, side,
+                             side * vq.config.downsample, side * vq.config.downsample, t, gflop, gflop / t))
+            }
         }
         if json {
             let data = try JSONSerialization.data(withJSONObject: report, options: [.prettyPrinted, .sortedKeys])

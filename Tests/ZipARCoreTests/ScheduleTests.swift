@@ -175,7 +175,7 @@ final class ScheduleTests: XCTestCase {
     // MARK: independent property test
 
     func testRandomSchedulesAreConsistent() throws {
-        var rng = SplitMix64(seed: 0x5EED_2412_0406_2)
+        var rng = RNG(seed: 0x5EED_2412_0406_2)
         var cases = 0
         while cases < 200 {
             let policy = ZipARPolicy.allCases[Int(rng.next() % 3)]
@@ -282,15 +282,3 @@ final class ScheduleTests: XCTestCase {
     }
 }
 
-/// Small seeded generator so the property test is the same on every run.
-private struct SplitMix64 {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}

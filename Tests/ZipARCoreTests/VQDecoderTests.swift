@@ -171,14 +171,14 @@ final class VQDecoderTests: XCTestCase {
         return out
     }
 
-    func randomTensor(_ shape: [Int], _ rng: inout SplitMix64) -> Tensor {
+    func randomTensor(_ shape: [Int], _ rng: inout RNG) -> Tensor {
         let t = Tensor(shape: shape)
-        for i in 0..<t.count { t[i] = 2 * rng.nextUnitFloat() - 1 }
+        for i in 0..<t.count { t[i] = 2 * Float(rng.nextUniform()) - 1 }
         return t
     }
 
     func testBandedConvMatchesNaive() {
-        var rng = SplitMix64(seed: 7)
+        var rng = RNG(seed: 7)
         for (cin, cout, h, w, k) in [(5, 7, 13, 11, 3), (3, 4, 1, 9, 3), (6, 5, 9, 1, 3), (4, 3, 7, 5, 1), (3, 2, 6, 7, 5)] {
             let x = randomTensor([cin, h, w], &rng)
             let conv = Conv2D(weight: randomTensor([cout, cin, k, k], &rng), bias: randomTensor([cout], &rng))
@@ -201,7 +201,7 @@ final class VQDecoderTests: XCTestCase {
     }
 
     func testGroupNormSwishMatchesNaive() {
-        var rng = SplitMix64(seed: 3)
+        var rng = RNG(seed: 3)
         let c = 64, h = 5, w = 7  // 2 channels per group, odd spatial size (SIMD tails)
         let x = randomTensor([c, h, w], &rng)
         for i in 0..<x.count { x[i] = 3 * x[i] + 0.5 }
@@ -250,7 +250,7 @@ final class VQDecoderTests: XCTestCase {
     }
 
     func testUpsampleNearest2x() {
-        var rng = SplitMix64(seed: 11)
+        var rng = RNG(seed: 11)
         let x = randomTensor([3, 5, 7], &rng)  // width 7: SIMD body plus a scalar tail
         let y = NN.upsampleNearest2x(x)
         XCTAssertEqual(y.shape, [3, 10, 14])
@@ -303,7 +303,7 @@ final class VQDecoderTests: XCTestCase {
         }
         // The dominant op: 3x3 conv 128 -> 128 at 256x256 (six of these plus the upsample conv in the last two levels).
         do {
-            var rng = SplitMix64(seed: 9)
+            var rng = RNG(seed: 9)
             let x = randomTensor([128, 256, 256], &rng), out = Tensor(shape: [128, 256, 256])
             let conv = Conv2D(weight: randomTensor([128, 128, 3, 3], &rng), bias: randomTensor([128], &rng))
             let f = 2.0 * 128 * 128 * 9 * 65536

@@ -164,7 +164,7 @@ public final class VQDecoder {
     /// A decoder with deterministic pseudo-random weights of sensible scale (for timing at full size).
     /// Conv weights uniform with variance 1/fan_in, conv biases ±0.01, norms identity, codebook uniform ±1.
     public static func randomInit(config: VQConfig, seed: UInt64) -> VQDecoder {
-        var rng = SplitMix64(seed: seed)
+        var rng = RNG(seed: seed)
         var tensors: [String: Tensor] = [:]
         for (name, shape) in parameterShapes(config: config) {
             let t = Tensor(shape: shape)
@@ -178,7 +178,7 @@ public final class VQDecoder {
                 case 1: bound = 0.01
                 default: bound = 1
                 }
-                for i in 0..<t.count { t.data[i] = bound * (2 * rng.nextUnitFloat() - 1) }
+                for i in 0..<t.count { t.data[i] = bound * (2 * Float(rng.nextUniform()) - 1) }
             }
             tensors[name] = t
         }
@@ -337,7 +337,7 @@ public final class VQDecoder {
     public static func benchmarkDecode(config: VQConfig, grid: Int, runs: Int, bandBytes: Int? = nil) -> Double {
         let dec = randomInit(config: config, seed: 0)
         if let bandBytes { dec.convBandBytes = bandBytes }
-        var rng = SplitMix64(seed: 1)
+        var rng = RNG(seed: 1)
         let codes = (0..<grid * grid).map { _ in Int(rng.next() % UInt64(config.codebook_size)) }
         var times: [Double] = []
         for _ in 0..<max(1, runs) {
@@ -367,17 +367,3 @@ final class Workspace {
     func releaseAll() { free.removeAll() }
 }
 
-/// Small deterministic PRNG (SplitMix64) for reproducible random weights and codes.
-struct SplitMix64 {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1) with 24 random bits.
-    mutating func nextUnitFloat() -> Float { Float(next() >> 40) * (1 / 16_777_216) }
-}
