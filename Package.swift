@@ -26,7 +26,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "zipar",
-            dependencies: ["ZipARCore", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["ZipARCore", "CKernels", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: [.swiftLanguageMode(.v5)]
         ),
         .testTarget(

@@ -8,6 +8,8 @@
 #define CK_X86 1
 #endif
 
+int ck_avx512_enabled = 1;
+
 int ck_has_avx2_fma(void) {
 #ifdef CK_X86
     static int cached = -1;
@@ -246,10 +248,206 @@ CK_AVX2 static float stream_sum_avx2(const float *x, size_t n) {
 }
 #endif
 
+
+/* ------------------------------------------------------------------ AVX-512 (where the CPU has it) */
+#ifdef CK_X86
+#define CK_AVX512 __attribute__((target("avx512f,avx2,fma,f16c")))
+#define LOAD512_F32(ptr) _mm512_loadu_ps(ptr)
+#define LOAD512_F16(ptr) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(ptr)))
+
+/* The same streaming product with 512-bit registers: 4 weight rows x up to 6 activation rows
+   = 24 accumulators + 4 weight + 1 activation register of the 32. A ZipAR pass of 3 tokens with CFG
+   (6 rows) is one group: every weight load feeds 6 FMAs. */
+#define KBLOCK512 512
+#define DEFINE_TILE512_1(NAME, WT, LOAD) \
+CK_AVX512 static inline void NAME(const float *x, size_t ldx, const WT *w0, size_t ldw, int p0, int p1, float r[6][4]) { \
+    __m512 a00 = _mm512_setzero_ps(); __m512 a01 = _mm512_setzero_ps(); __m512 a02 = _mm512_setzero_ps(); __m512 a03 = _mm512_setzero_ps(); \
+    const WT *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw; \
+    for (int p = p0; p < p1; p += 16) { \
+        __m512 v0 = LOAD(w0 + p), v1 = LOAD(w1 + p), v2 = LOAD(w2 + p), v3 = LOAD(w3 + p), xv; \
+        xv = _mm512_loadu_ps(x + 0 * ldx + p); \
+        a00 = _mm512_fmadd_ps(xv, v0, a00); a01 = _mm512_fmadd_ps(xv, v1, a01); a02 = _mm512_fmadd_ps(xv, v2, a02); a03 = _mm512_fmadd_ps(xv, v3, a03); \
+    } \
+    r[0][0] = _mm512_reduce_add_ps(a00); r[0][1] = _mm512_reduce_add_ps(a01); r[0][2] = _mm512_reduce_add_ps(a02); r[0][3] = _mm512_reduce_add_ps(a03); \
+}
+
+#define DEFINE_TILE512_2(NAME, WT, LOAD) \
+CK_AVX512 static inline void NAME(const float *x, size_t ldx, const WT *w0, size_t ldw, int p0, int p1, float r[6][4]) { \
+    __m512 a00 = _mm512_setzero_ps(); __m512 a01 = _mm512_setzero_ps(); __m512 a02 = _mm512_setzero_ps(); __m512 a03 = _mm512_setzero_ps(); __m512 a10 = _mm512_setzero_ps(); __m512 a11 = _mm512_setzero_ps(); __m512 a12 = _mm512_setzero_ps(); __m512 a13 = _mm512_setzero_ps(); \
+    const WT *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw; \
+    for (int p = p0; p < p1; p += 16) { \
+        __m512 v0 = LOAD(w0 + p), v1 = LOAD(w1 + p), v2 = LOAD(w2 + p), v3 = LOAD(w3 + p), xv; \
+        xv = _mm512_loadu_ps(x + 0 * ldx + p); \
+        a00 = _mm512_fmadd_ps(xv, v0, a00); a01 = _mm512_fmadd_ps(xv, v1, a01); a02 = _mm512_fmadd_ps(xv, v2, a02); a03 = _mm512_fmadd_ps(xv, v3, a03); \
+        xv = _mm512_loadu_ps(x + 1 * ldx + p); \
+        a10 = _mm512_fmadd_ps(xv, v0, a10); a11 = _mm512_fmadd_ps(xv, v1, a11); a12 = _mm512_fmadd_ps(xv, v2, a12); a13 = _mm512_fmadd_ps(xv, v3, a13); \
+    } \
+    r[0][0] = _mm512_reduce_add_ps(a00); r[0][1] = _mm512_reduce_add_ps(a01); r[0][2] = _mm512_reduce_add_ps(a02); r[0][3] = _mm512_reduce_add_ps(a03); \
+    r[1][0] = _mm512_reduce_add_ps(a10); r[1][1] = _mm512_reduce_add_ps(a11); r[1][2] = _mm512_reduce_add_ps(a12); r[1][3] = _mm512_reduce_add_ps(a13); \
+}
+
+#define DEFINE_TILE512_3(NAME, WT, LOAD) \
+CK_AVX512 static inline void NAME(const float *x, size_t ldx, const WT *w0, size_t ldw, int p0, int p1, float r[6][4]) { \
+    __m512 a00 = _mm512_setzero_ps(); __m512 a01 = _mm512_setzero_ps(); __m512 a02 = _mm512_setzero_ps(); __m512 a03 = _mm512_setzero_ps(); __m512 a10 = _mm512_setzero_ps(); __m512 a11 = _mm512_setzero_ps(); __m512 a12 = _mm512_setzero_ps(); __m512 a13 = _mm512_setzero_ps(); __m512 a20 = _mm512_setzero_ps(); __m512 a21 = _mm512_setzero_ps(); __m512 a22 = _mm512_setzero_ps(); __m512 a23 = _mm512_setzero_ps(); \
+    const WT *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw; \
+    for (int p = p0; p < p1; p += 16) { \
+        __m512 v0 = LOAD(w0 + p), v1 = LOAD(w1 + p), v2 = LOAD(w2 + p), v3 = LOAD(w3 + p), xv; \
+        xv = _mm512_loadu_ps(x + 0 * ldx + p); \
+        a00 = _mm512_fmadd_ps(xv, v0, a00); a01 = _mm512_fmadd_ps(xv, v1, a01); a02 = _mm512_fmadd_ps(xv, v2, a02); a03 = _mm512_fmadd_ps(xv, v3, a03); \
+        xv = _mm512_loadu_ps(x + 1 * ldx + p); \
+        a10 = _mm512_fmadd_ps(xv, v0, a10); a11 = _mm512_fmadd_ps(xv, v1, a11); a12 = _mm512_fmadd_ps(xv, v2, a12); a13 = _mm512_fmadd_ps(xv, v3, a13); \
+        xv = _mm512_loadu_ps(x + 2 * ldx + p); \
+        a20 = _mm512_fmadd_ps(xv, v0, a20); a21 = _mm512_fmadd_ps(xv, v1, a21); a22 = _mm512_fmadd_ps(xv, v2, a22); a23 = _mm512_fmadd_ps(xv, v3, a23); \
+    } \
+    r[0][0] = _mm512_reduce_add_ps(a00); r[0][1] = _mm512_reduce_add_ps(a01); r[0][2] = _mm512_reduce_add_ps(a02); r[0][3] = _mm512_reduce_add_ps(a03); \
+    r[1][0] = _mm512_reduce_add_ps(a10); r[1][1] = _mm512_reduce_add_ps(a11); r[1][2] = _mm512_reduce_add_ps(a12); r[1][3] = _mm512_reduce_add_ps(a13); \
+    r[2][0] = _mm512_reduce_add_ps(a20); r[2][1] = _mm512_reduce_add_ps(a21); r[2][2] = _mm512_reduce_add_ps(a22); r[2][3] = _mm512_reduce_add_ps(a23); \
+}
+
+#define DEFINE_TILE512_4(NAME, WT, LOAD) \
+CK_AVX512 static inline void NAME(const float *x, size_t ldx, const WT *w0, size_t ldw, int p0, int p1, float r[6][4]) { \
+    __m512 a00 = _mm512_setzero_ps(); __m512 a01 = _mm512_setzero_ps(); __m512 a02 = _mm512_setzero_ps(); __m512 a03 = _mm512_setzero_ps(); __m512 a10 = _mm512_setzero_ps(); __m512 a11 = _mm512_setzero_ps(); __m512 a12 = _mm512_setzero_ps(); __m512 a13 = _mm512_setzero_ps(); __m512 a20 = _mm512_setzero_ps(); __m512 a21 = _mm512_setzero_ps(); __m512 a22 = _mm512_setzero_ps(); __m512 a23 = _mm512_setzero_ps(); __m512 a30 = _mm512_setzero_ps(); __m512 a31 = _mm512_setzero_ps(); __m512 a32 = _mm512_setzero_ps(); __m512 a33 = _mm512_setzero_ps(); \
+    const WT *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw; \
+    for (int p = p0; p < p1; p += 16) { \
+        __m512 v0 = LOAD(w0 + p), v1 = LOAD(w1 + p), v2 = LOAD(w2 + p), v3 = LOAD(w3 + p), xv; \
+        xv = _mm512_loadu_ps(x + 0 * ldx + p); \
+        a00 = _mm512_fmadd_ps(xv, v0, a00); a01 = _mm512_fmadd_ps(xv, v1, a01); a02 = _mm512_fmadd_ps(xv, v2, a02); a03 = _mm512_fmadd_ps(xv, v3, a03); \
+        xv = _mm512_loadu_ps(x + 1 * ldx + p); \
+        a10 = _mm512_fmadd_ps(xv, v0, a10); a11 = _mm512_fmadd_ps(xv, v1, a11); a12 = _mm512_fmadd_ps(xv, v2, a12); a13 = _mm512_fmadd_ps(xv, v3, a13); \
+        xv = _mm512_loadu_ps(x + 2 * ldx + p); \
+        a20 = _mm512_fmadd_ps(xv, v0, a20); a21 = _mm512_fmadd_ps(xv, v1, a21); a22 = _mm512_fmadd_ps(xv, v2, a22); a23 = _mm512_fmadd_ps(xv, v3, a23); \
+        xv = _mm512_loadu_ps(x + 3 * ldx + p); \
+        a30 = _mm512_fmadd_ps(xv, v0, a30); a31 = _mm512_fmadd_ps(xv, v1, a31); a32 = _mm512_fmadd_ps(xv, v2, a32); a33 = _mm512_fmadd_ps(xv, v3, a33); \
+    } \
+    r[0][0] = _mm512_reduce_add_ps(a00); r[0][1] = _mm512_reduce_add_ps(a01); r[0][2] = _mm512_reduce_add_ps(a02); r[0][3] = _mm512_reduce_add_ps(a03); \
+    r[1][0] = _mm512_reduce_add_ps(a10); r[1][1] = _mm512_reduce_add_ps(a11); r[1][2] = _mm512_reduce_add_ps(a12); r[1][3] = _mm512_reduce_add_ps(a13); \
+    r[2][0] = _mm512_reduce_add_ps(a20); r[2][1] = _mm512_reduce_add_ps(a21); r[2][2] = _mm512_reduce_add_ps(a22); r[2][3] = _mm512_reduce_add_ps(a23); \
+    r[3][0] = _mm512_reduce_add_ps(a30); r[3][1] = _mm512_reduce_add_ps(a31); r[3][2] = _mm512_reduce_add_ps(a32); r[3][3] = _mm512_reduce_add_ps(a33); \
+}
+
+#define DEFINE_TILE512_5(NAME, WT, LOAD) \
+CK_AVX512 static inline void NAME(const float *x, size_t ldx, const WT *w0, size_t ldw, int p0, int p1, float r[6][4]) { \
+    __m512 a00 = _mm512_setzero_ps(); __m512 a01 = _mm512_setzero_ps(); __m512 a02 = _mm512_setzero_ps(); __m512 a03 = _mm512_setzero_ps(); __m512 a10 = _mm512_setzero_ps(); __m512 a11 = _mm512_setzero_ps(); __m512 a12 = _mm512_setzero_ps(); __m512 a13 = _mm512_setzero_ps(); __m512 a20 = _mm512_setzero_ps(); __m512 a21 = _mm512_setzero_ps(); __m512 a22 = _mm512_setzero_ps(); __m512 a23 = _mm512_setzero_ps(); __m512 a30 = _mm512_setzero_ps(); __m512 a31 = _mm512_setzero_ps(); __m512 a32 = _mm512_setzero_ps(); __m512 a33 = _mm512_setzero_ps(); __m512 a40 = _mm512_setzero_ps(); __m512 a41 = _mm512_setzero_ps(); __m512 a42 = _mm512_setzero_ps(); __m512 a43 = _mm512_setzero_ps(); \
+    const WT *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw; \
+    for (int p = p0; p < p1; p += 16) { \
+        __m512 v0 = LOAD(w0 + p), v1 = LOAD(w1 + p), v2 = LOAD(w2 + p), v3 = LOAD(w3 + p), xv; \
+        xv = _mm512_loadu_ps(x + 0 * ldx + p); \
+        a00 = _mm512_fmadd_ps(xv, v0, a00); a01 = _mm512_fmadd_ps(xv, v1, a01); a02 = _mm512_fmadd_ps(xv, v2, a02); a03 = _mm512_fmadd_ps(xv, v3, a03); \
+        xv = _mm512_loadu_ps(x + 1 * ldx + p); \
+        a10 = _mm512_fmadd_ps(xv, v0, a10); a11 = _mm512_fmadd_ps(xv, v1, a11); a12 = _mm512_fmadd_ps(xv, v2, a12); a13 = _mm512_fmadd_ps(xv, v3, a13); \
+        xv = _mm512_loadu_ps(x + 2 * ldx + p); \
+        a20 = _mm512_fmadd_ps(xv, v0, a20); a21 = _mm512_fmadd_ps(xv, v1, a21); a22 = _mm512_fmadd_ps(xv, v2, a22); a23 = _mm512_fmadd_ps(xv, v3, a23); \
+        xv = _mm512_loadu_ps(x + 3 * ldx + p); \
+        a30 = _mm512_fmadd_ps(xv, v0, a30); a31 = _mm512_fmadd_ps(xv, v1, a31); a32 = _mm512_fmadd_ps(xv, v2, a32); a33 = _mm512_fmadd_ps(xv, v3, a33); \
+        xv = _mm512_loadu_ps(x + 4 * ldx + p); \
+        a40 = _mm512_fmadd_ps(xv, v0, a40); a41 = _mm512_fmadd_ps(xv, v1, a41); a42 = _mm512_fmadd_ps(xv, v2, a42); a43 = _mm512_fmadd_ps(xv, v3, a43); \
+    } \
+    r[0][0] = _mm512_reduce_add_ps(a00); r[0][1] = _mm512_reduce_add_ps(a01); r[0][2] = _mm512_reduce_add_ps(a02); r[0][3] = _mm512_reduce_add_ps(a03); \
+    r[1][0] = _mm512_reduce_add_ps(a10); r[1][1] = _mm512_reduce_add_ps(a11); r[1][2] = _mm512_reduce_add_ps(a12); r[1][3] = _mm512_reduce_add_ps(a13); \
+    r[2][0] = _mm512_reduce_add_ps(a20); r[2][1] = _mm512_reduce_add_ps(a21); r[2][2] = _mm512_reduce_add_ps(a22); r[2][3] = _mm512_reduce_add_ps(a23); \
+    r[3][0] = _mm512_reduce_add_ps(a30); r[3][1] = _mm512_reduce_add_ps(a31); r[3][2] = _mm512_reduce_add_ps(a32); r[3][3] = _mm512_reduce_add_ps(a33); \
+    r[4][0] = _mm512_reduce_add_ps(a40); r[4][1] = _mm512_reduce_add_ps(a41); r[4][2] = _mm512_reduce_add_ps(a42); r[4][3] = _mm512_reduce_add_ps(a43); \
+}
+
+#define DEFINE_TILE512_6(NAME, WT, LOAD) \
+CK_AVX512 static inline void NAME(const float *x, size_t ldx, const WT *w0, size_t ldw, int p0, int p1, float r[6][4]) { \
+    __m512 a00 = _mm512_setzero_ps(); __m512 a01 = _mm512_setzero_ps(); __m512 a02 = _mm512_setzero_ps(); __m512 a03 = _mm512_setzero_ps(); __m512 a10 = _mm512_setzero_ps(); __m512 a11 = _mm512_setzero_ps(); __m512 a12 = _mm512_setzero_ps(); __m512 a13 = _mm512_setzero_ps(); __m512 a20 = _mm512_setzero_ps(); __m512 a21 = _mm512_setzero_ps(); __m512 a22 = _mm512_setzero_ps(); __m512 a23 = _mm512_setzero_ps(); __m512 a30 = _mm512_setzero_ps(); __m512 a31 = _mm512_setzero_ps(); __m512 a32 = _mm512_setzero_ps(); __m512 a33 = _mm512_setzero_ps(); __m512 a40 = _mm512_setzero_ps(); __m512 a41 = _mm512_setzero_ps(); __m512 a42 = _mm512_setzero_ps(); __m512 a43 = _mm512_setzero_ps(); __m512 a50 = _mm512_setzero_ps(); __m512 a51 = _mm512_setzero_ps(); __m512 a52 = _mm512_setzero_ps(); __m512 a53 = _mm512_setzero_ps(); \
+    const WT *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw; \
+    for (int p = p0; p < p1; p += 16) { \
+        __m512 v0 = LOAD(w0 + p), v1 = LOAD(w1 + p), v2 = LOAD(w2 + p), v3 = LOAD(w3 + p), xv; \
+        xv = _mm512_loadu_ps(x + 0 * ldx + p); \
+        a00 = _mm512_fmadd_ps(xv, v0, a00); a01 = _mm512_fmadd_ps(xv, v1, a01); a02 = _mm512_fmadd_ps(xv, v2, a02); a03 = _mm512_fmadd_ps(xv, v3, a03); \
+        xv = _mm512_loadu_ps(x + 1 * ldx + p); \
+        a10 = _mm512_fmadd_ps(xv, v0, a10); a11 = _mm512_fmadd_ps(xv, v1, a11); a12 = _mm512_fmadd_ps(xv, v2, a12); a13 = _mm512_fmadd_ps(xv, v3, a13); \
+        xv = _mm512_loadu_ps(x + 2 * ldx + p); \
+        a20 = _mm512_fmadd_ps(xv, v0, a20); a21 = _mm512_fmadd_ps(xv, v1, a21); a22 = _mm512_fmadd_ps(xv, v2, a22); a23 = _mm512_fmadd_ps(xv, v3, a23); \
+        xv = _mm512_loadu_ps(x + 3 * ldx + p); \
+        a30 = _mm512_fmadd_ps(xv, v0, a30); a31 = _mm512_fmadd_ps(xv, v1, a31); a32 = _mm512_fmadd_ps(xv, v2, a32); a33 = _mm512_fmadd_ps(xv, v3, a33); \
+        xv = _mm512_loadu_ps(x + 4 * ldx + p); \
+        a40 = _mm512_fmadd_ps(xv, v0, a40); a41 = _mm512_fmadd_ps(xv, v1, a41); a42 = _mm512_fmadd_ps(xv, v2, a42); a43 = _mm512_fmadd_ps(xv, v3, a43); \
+        xv = _mm512_loadu_ps(x + 5 * ldx + p); \
+        a50 = _mm512_fmadd_ps(xv, v0, a50); a51 = _mm512_fmadd_ps(xv, v1, a51); a52 = _mm512_fmadd_ps(xv, v2, a52); a53 = _mm512_fmadd_ps(xv, v3, a53); \
+    } \
+    r[0][0] = _mm512_reduce_add_ps(a00); r[0][1] = _mm512_reduce_add_ps(a01); r[0][2] = _mm512_reduce_add_ps(a02); r[0][3] = _mm512_reduce_add_ps(a03); \
+    r[1][0] = _mm512_reduce_add_ps(a10); r[1][1] = _mm512_reduce_add_ps(a11); r[1][2] = _mm512_reduce_add_ps(a12); r[1][3] = _mm512_reduce_add_ps(a13); \
+    r[2][0] = _mm512_reduce_add_ps(a20); r[2][1] = _mm512_reduce_add_ps(a21); r[2][2] = _mm512_reduce_add_ps(a22); r[2][3] = _mm512_reduce_add_ps(a23); \
+    r[3][0] = _mm512_reduce_add_ps(a30); r[3][1] = _mm512_reduce_add_ps(a31); r[3][2] = _mm512_reduce_add_ps(a32); r[3][3] = _mm512_reduce_add_ps(a33); \
+    r[4][0] = _mm512_reduce_add_ps(a40); r[4][1] = _mm512_reduce_add_ps(a41); r[4][2] = _mm512_reduce_add_ps(a42); r[4][3] = _mm512_reduce_add_ps(a43); \
+    r[5][0] = _mm512_reduce_add_ps(a50); r[5][1] = _mm512_reduce_add_ps(a51); r[5][2] = _mm512_reduce_add_ps(a52); r[5][3] = _mm512_reduce_add_ps(a53); \
+}
+
+static inline int group_rows512(int left) { return left <= 6 ? left : (left <= 8 ? (left + 1) / 2 : 6); }
+
+#define DEFINE_GEMM_ROWS512(NAME, WT, LOAD, TOF, T1, T2, T3, T4, T5, T6)                           \
+CK_AVX512 static void NAME(const float *x, int m, int k, const WT *w, int j0, int j1, float *y, int ldy) { \
+    int k16 = k & ~15;                                                                               \
+    int j = j0;                                                                                      \
+    for (; j + 4 <= j1; j += 4) {                                                                    \
+        const WT *w0 = w + (size_t)j * k;                                                            \
+        for (int p0 = 0; p0 == 0 || p0 < k16; p0 += KBLOCK512) {                                     \
+          int p1 = p0 + KBLOCK512 < k16 ? p0 + KBLOCK512 : k16;                                      \
+          int last = p1 >= k16;                                                                      \
+          for (int i = 0; i < m;) {                                                                  \
+            int mi = group_rows512(m - i);                                                           \
+            const float *x0 = x + (size_t)i * k;                                                     \
+            float r[6][4];                                                                           \
+            switch (mi) {                                                                            \
+            case 1: T1(x0, k, w0, k, p0, p1, r); break;                                              \
+            case 2: T2(x0, k, w0, k, p0, p1, r); break;                                              \
+            case 3: T3(x0, k, w0, k, p0, p1, r); break;                                              \
+            case 4: T4(x0, k, w0, k, p0, p1, r); break;                                              \
+            case 5: T5(x0, k, w0, k, p0, p1, r); break;                                              \
+            default: T6(x0, k, w0, k, p0, p1, r); break;                                             \
+            }                                                                                        \
+            for (int a = 0; a < mi; a++)                                                             \
+                for (int b = 0; b < 4; b++) {                                                        \
+                    float acc = r[a][b];                                                             \
+                    if (last) for (int p = k16; p < k; p++) acc += x0[(size_t)a * k + p] * TOF(w0[(size_t)b * k + p]); \
+                    float *dst = y + (size_t)(i + a) * ldy + j + b;                                  \
+                    *dst = p0 == 0 ? acc : *dst + acc;                                               \
+                }                                                                                    \
+            i += mi;                                                                                 \
+          }                                                                                          \
+          if (k16 == 0) break;                                                                       \
+        }                                                                                            \
+    }                                                                                                \
+    if (j < j1) NAME##_rest(x, m, k, w, j, j1, y, ldy);                                              \
+}
+
+/* Leftover weight rows (fewer than 4) go through the AVX2 kernel. */
+static void gemm_rows512_f32_rest(const float *x, int m, int k, const float *w, int j0, int j1, float *y, int ldy) {
+    gemm_rows_avx2(x, m, k, w, j0, j1, y, ldy);
+}
+static void gemm_rows512_f16_rest(const float *x, int m, int k, const uint16_t *w, int j0, int j1, float *y, int ldy) {
+    gemm_rows_f16_avx2(x, m, k, w, j0, j1, y, ldy);
+}
+DEFINE_TILE512_1(t512_1_f32, float, LOAD512_F32)
+DEFINE_TILE512_1(t512_1_f16, uint16_t, LOAD512_F16)
+DEFINE_TILE512_2(t512_2_f32, float, LOAD512_F32)
+DEFINE_TILE512_2(t512_2_f16, uint16_t, LOAD512_F16)
+DEFINE_TILE512_3(t512_3_f32, float, LOAD512_F32)
+DEFINE_TILE512_3(t512_3_f16, uint16_t, LOAD512_F16)
+DEFINE_TILE512_4(t512_4_f32, float, LOAD512_F32)
+DEFINE_TILE512_4(t512_4_f16, uint16_t, LOAD512_F16)
+DEFINE_TILE512_5(t512_5_f32, float, LOAD512_F32)
+DEFINE_TILE512_5(t512_5_f16, uint16_t, LOAD512_F16)
+DEFINE_TILE512_6(t512_6_f32, float, LOAD512_F32)
+DEFINE_TILE512_6(t512_6_f16, uint16_t, LOAD512_F16)
+DEFINE_GEMM_ROWS512(gemm_rows512_f32, float, LOAD512_F32, F32_ID, t512_1_f32, t512_2_f32, t512_3_f32, t512_4_f32, t512_5_f32, t512_6_f32)
+DEFINE_GEMM_ROWS512(gemm_rows512_f16, uint16_t, LOAD512_F16, half_to_float, t512_1_f16, t512_2_f16, t512_3_f16, t512_4_f16, t512_5_f16, t512_6_f16)
+
+static int has_avx512(void) {
+    static int cached = -1;
+    if (cached < 0) { __builtin_cpu_init(); cached = ck_has_avx2_fma() && __builtin_cpu_supports("avx512f"); }
+    return cached;
+}
+#endif
+
 /* ------------------------------------------------------------------ dispatch */
 
 void ck_gemm_rows(const float *x, int m, int k, const float *w, int j0, int j1, float *y, int ldy) {
 #ifdef CK_X86
+    if (ck_avx512_enabled && has_avx512()) { gemm_rows512_f32(x, m, k, w, j0, j1, y, ldy); return; }
     if (ck_has_avx2_fma()) { gemm_rows_avx2(x, m, k, w, j0, j1, y, ldy); return; }
 #endif
     gemm_rows_generic(x, m, k, w, j0, j1, y, ldy);
@@ -257,6 +455,7 @@ void ck_gemm_rows(const float *x, int m, int k, const float *w, int j0, int j1, 
 
 void ck_gemm_rows_f16(const float *x, int m, int k, const uint16_t *w, int j0, int j1, float *y, int ldy) {
 #ifdef CK_X86
+    if (ck_avx512_enabled && has_avx512()) { gemm_rows512_f16(x, m, k, w, j0, j1, y, ldy); return; }
     if (ck_has_avx2_fma()) { gemm_rows_f16_avx2(x, m, k, w, j0, j1, y, ldy); return; }
 #endif
     gemm_rows_f16_generic(x, m, k, w, j0, j1, y, ldy);

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import ZipARCore
+import CKernels
 
 /// `zipar bench`: forward-pass cost against the weight-streaming limit, and raster vs ZipAR windows
 /// measured side by side in one run (interleaved, so machine noise hits every mode alike).
@@ -158,6 +159,9 @@ struct BenchCommand: ParsableCommand {
 
     /// The skinny-product comparison of platform-notes section 7, on this machine, now.
     func runKernels() {
+        if ck_has_avx2_fma() != 0 {
+            print("AVX-512 kernels: \(ProcessInfo.processInfo.environment["ZIPAR_NO_AVX512"] == nil ? "on where the CPU has them" : "off (ZIPAR_NO_AVX512)")")
+        }
         let bw = Measure.readBandwidth()
         let limit = 65536.0 * 768 * 4 / 1e6 / bw
         print(String(format: "x[M,768] · W[65536,768]ᵀ (201 MB fp32), %d threads; read bandwidth %.1f GB/s -> limit %.1f ms", Parallel.threads, bw, limit))

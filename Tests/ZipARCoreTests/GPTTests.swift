@@ -1,3 +1,4 @@
+import CKernels
 import XCTest
 @testable import ZipARCore
 
@@ -157,9 +158,18 @@ final class GPTTests: XCTestCase {
         XCTAssertEqual(try gen.generate(.caption(features: caption, mask: mask), options: o).tokens, try io.ints("out.greedy_tokens_cfg7.5"))
     }
 
+    /// Both kernel paths where the CPU has them (AVX-512 and AVX2), against a double-precision reference.
     func testStreamingKernelMatchesNaive() throws {
+        defer { ck_avx512_enabled = 1 }
+        for avx512 in [Int32(1), 0] {
+            ck_avx512_enabled = avx512
+            try checkStreamingKernel()
+        }
+    }
+
+    func checkStreamingKernel() throws {
         var rng = RNG(seed: 5)
-        for (m, k, n) in [(1, 64, 36), (2, 768, 260), (3, 100, 7), (5, 64, 37), (6, 392, 300), (7, 33, 13), (16, 200, 257), (31, 24, 9), (40, 64, 64)] {
+        for (m, k, n) in [(1, 64, 36), (2, 768, 260), (3, 100, 7), (5, 64, 37), (6, 392, 300), (7, 33, 13), (8, 512, 29), (11, 520, 14), (16, 200, 257), (31, 24, 9), (40, 64, 64)] {
             let x = Tensor(shape: [m, k]), w = Tensor(shape: [n, k])
             for i in 0..<x.count { x[i] = rng.nextNormal() }
             for i in 0..<w.count { w[i] = rng.nextNormal() }

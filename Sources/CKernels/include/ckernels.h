@@ -6,6 +6,8 @@
 /* 1 when this CPU has AVX2 and FMA (the fast paths below are chosen at run time; the
    portable fallbacks give the same results up to rounding). */
 int ck_has_avx2_fma(void);
+/* 1 (default): use the AVX-512 kernels where the CPU has AVX-512F; 0 forces AVX2 (for comparisons). */
+extern int ck_avx512_enabled;
 
 /* Decode-pass product for few rows against a big weight, streaming each weight row once:
      y[i*ldy + j] = sum_p x[i*k + p] * w[j*k + p]     for i in [0,m), j in [j0,j1)

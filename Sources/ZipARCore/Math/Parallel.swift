@@ -15,6 +15,8 @@ public enum Parallel {
     }
 
     static let defaultThreads: Int = {
+        // ZIPAR_NO_AVX512=1 keeps the decode kernels on AVX2 (to compare the two on one machine).
+        if ProcessInfo.processInfo.environment["ZIPAR_NO_AVX512"] != nil { ck_avx512_enabled = 0 }
         let n = max(1, ProcessInfo.processInfo.activeProcessorCount)
         ck_pool_start(Int32(n))
         return n

@@ -26,10 +26,10 @@ public final class Linear {
             return
         }
         let w = weight.data
-        // Split output columns across workers in multiples of the kernel's 3-row tile.
+        // Split output columns across workers in multiples of the kernels' 3- and 4-row tiles.
         let parts = n >= 256 ? Parallel.threads : 1
         Parallel.run(parts: parts) { part, parts in
-            let r = Parallel.range(part, of: parts, n: n, align: 3)
+            let r = Parallel.range(part, of: parts, n: n, align: 12)
             if !r.isEmpty { ck_gemm_rows(x, Int32(m), Int32(k), w, Int32(r.lowerBound), Int32(r.upperBound), y, Int32(n)) }
         }
     }
