@@ -76,6 +76,14 @@ CK_AVX2 static inline float hsum8(__m256 v) {
     return _mm_cvtss_f32(lo);
 }
 
+/* Software prefetch of the weight streams a fixed distance ahead: with several activation rows per
+   weight load the loop issues loads too slowly for the hardware prefetcher alone to keep enough
+   memory requests in flight. The distance is in elements (bytes differ for fp16: still ahead). */
+#ifndef CK_PREFETCH_DIST
+#define CK_PREFETCH_DIST 512
+#endif
+#define PREFETCH_W(ptr) _mm_prefetch((const char *)((ptr) + CK_PREFETCH_DIST), _MM_HINT_T0)
+
 /* Load 8 weights as floats, from fp32 or fp16 storage. */
 #define LOAD_F32(ptr) _mm256_loadu_ps(ptr)
 #define LOAD_F16(ptr) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(ptr)))
@@ -92,6 +100,7 @@ CK_AVX2 static inline void NAME(const float *x, size_t ldx, const WT *w0, size_t
     __m256 a00 = _mm256_setzero_ps(), a01 = _mm256_setzero_ps(), a02 = _mm256_setzero_ps(); \
     const WT *w1 = w0 + ldw, *w2 = w1 + ldw; \
     for (int p = p0; p < p1; p += 8) { \
+        PREFETCH_W(w0 + p); PREFETCH_W(w1 + p); PREFETCH_W(w2 + p); \
         __m256 v0 = LOAD(w0 + p), v1 = LOAD(w1 + p), v2 = LOAD(w2 + p), xv; \
         xv = _mm256_loadu_ps(x + 0 * ldx + p); \
         a00 = _mm256_fmadd_ps(xv, v0, a00); a01 = _mm256_fmadd_ps(xv, v1, a01); a02 = _mm256_fmadd_ps(xv, v2, a02); \
@@ -104,6 +113,7 @@ CK_AVX2 static inline void NAME(const float *x, size_t ldx, const WT *w0, size_t
     __m256 a00 = _mm256_setzero_ps(), a01 = _mm256_setzero_ps(), a02 = _mm256_setzero_ps(), a10 = _mm256_setzero_ps(), a11 = _mm256_setzero_ps(), a12 = _mm256_setzero_ps(); \
     const WT *w1 = w0 + ldw, *w2 = w1 + ldw; \
     for (int p = p0; p < p1; p += 8) { \
+        PREFETCH_W(w0 + p); PREFETCH_W(w1 + p); PREFETCH_W(w2 + p); \
         __m256 v0 = LOAD(w0 + p), v1 = LOAD(w1 + p), v2 = LOAD(w2 + p), xv; \
         xv = _mm256_loadu_ps(x + 0 * ldx + p); \
         a00 = _mm256_fmadd_ps(xv, v0, a00); a01 = _mm256_fmadd_ps(xv, v1, a01); a02 = _mm256_fmadd_ps(xv, v2, a02); \
@@ -119,6 +129,7 @@ CK_AVX2 static inline void NAME(const float *x, size_t ldx, const WT *w0, size_t
     __m256 a00 = _mm256_setzero_ps(), a01 = _mm256_setzero_ps(), a02 = _mm256_setzero_ps(), a10 = _mm256_setzero_ps(), a11 = _mm256_setzero_ps(), a12 = _mm256_setzero_ps(), a20 = _mm256_setzero_ps(), a21 = _mm256_setzero_ps(), a22 = _mm256_setzero_ps(); \
     const WT *w1 = w0 + ldw, *w2 = w1 + ldw; \
     for (int p = p0; p < p1; p += 8) { \
+        PREFETCH_W(w0 + p); PREFETCH_W(w1 + p); PREFETCH_W(w2 + p); \
         __m256 v0 = LOAD(w0 + p), v1 = LOAD(w1 + p), v2 = LOAD(w2 + p), xv; \
         xv = _mm256_loadu_ps(x + 0 * ldx + p); \
         a00 = _mm256_fmadd_ps(xv, v0, a00); a01 = _mm256_fmadd_ps(xv, v1, a01); a02 = _mm256_fmadd_ps(xv, v2, a02); \
@@ -137,6 +148,7 @@ CK_AVX2 static inline void NAME(const float *x, size_t ldx, const WT *w0, size_t
     __m256 a00 = _mm256_setzero_ps(), a01 = _mm256_setzero_ps(), a02 = _mm256_setzero_ps(), a10 = _mm256_setzero_ps(), a11 = _mm256_setzero_ps(), a12 = _mm256_setzero_ps(), a20 = _mm256_setzero_ps(), a21 = _mm256_setzero_ps(), a22 = _mm256_setzero_ps(), a30 = _mm256_setzero_ps(), a31 = _mm256_setzero_ps(), a32 = _mm256_setzero_ps(); \
     const WT *w1 = w0 + ldw, *w2 = w1 + ldw; \
     for (int p = p0; p < p1; p += 8) { \
+        PREFETCH_W(w0 + p); PREFETCH_W(w1 + p); PREFETCH_W(w2 + p); \
         __m256 v0 = LOAD(w0 + p), v1 = LOAD(w1 + p), v2 = LOAD(w2 + p), xv; \
         xv = _mm256_loadu_ps(x + 0 * ldx + p); \
         a00 = _mm256_fmadd_ps(xv, v0, a00); a01 = _mm256_fmadd_ps(xv, v1, a01); a02 = _mm256_fmadd_ps(xv, v2, a02); \
@@ -258,12 +270,13 @@ CK_AVX2 static float stream_sum_avx2(const float *x, size_t n) {
 /* The same streaming product with 512-bit registers: 4 weight rows x up to 6 activation rows
    = 24 accumulators + 4 weight + 1 activation register of the 32. A ZipAR pass of 3 tokens with CFG
    (6 rows) is one group: every weight load feeds 6 FMAs. */
-#define KBLOCK512 512
+#define KBLOCK512 1024
 #define DEFINE_TILE512_1(NAME, WT, LOAD) \
 CK_AVX512 static inline void NAME(const float *x, size_t ldx, const WT *w0, size_t ldw, int p0, int p1, float r[6][4]) { \
     __m512 a00 = _mm512_setzero_ps(); __m512 a01 = _mm512_setzero_ps(); __m512 a02 = _mm512_setzero_ps(); __m512 a03 = _mm512_setzero_ps(); \
     const WT *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw; \
     for (int p = p0; p < p1; p += 16) { \
+        PREFETCH_W(w0 + p); PREFETCH_W(w1 + p); PREFETCH_W(w2 + p); PREFETCH_W(w3 + p); \
         __m512 v0 = LOAD(w0 + p), v1 = LOAD(w1 + p), v2 = LOAD(w2 + p), v3 = LOAD(w3 + p), xv; \
         xv = _mm512_loadu_ps(x + 0 * ldx + p); \
         a00 = _mm512_fmadd_ps(xv, v0, a00); a01 = _mm512_fmadd_ps(xv, v1, a01); a02 = _mm512_fmadd_ps(xv, v2, a02); a03 = _mm512_fmadd_ps(xv, v3, a03); \
@@ -276,6 +289,7 @@ CK_AVX512 static inline void NAME(const float *x, size_t ldx, const WT *w0, size
     __m512 a00 = _mm512_setzero_ps(); __m512 a01 = _mm512_setzero_ps(); __m512 a02 = _mm512_setzero_ps(); __m512 a03 = _mm512_setzero_ps(); __m512 a10 = _mm512_setzero_ps(); __m512 a11 = _mm512_setzero_ps(); __m512 a12 = _mm512_setzero_ps(); __m512 a13 = _mm512_setzero_ps(); \
     const WT *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw; \
     for (int p = p0; p < p1; p += 16) { \
+        PREFETCH_W(w0 + p); PREFETCH_W(w1 + p); PREFETCH_W(w2 + p); PREFETCH_W(w3 + p); \
         __m512 v0 = LOAD(w0 + p), v1 = LOAD(w1 + p), v2 = LOAD(w2 + p), v3 = LOAD(w3 + p), xv; \
         xv = _mm512_loadu_ps(x + 0 * ldx + p); \
         a00 = _mm512_fmadd_ps(xv, v0, a00); a01 = _mm512_fmadd_ps(xv, v1, a01); a02 = _mm512_fmadd_ps(xv, v2, a02); a03 = _mm512_fmadd_ps(xv, v3, a03); \
@@ -291,6 +305,7 @@ CK_AVX512 static inline void NAME(const float *x, size_t ldx, const WT *w0, size
     __m512 a00 = _mm512_setzero_ps(); __m512 a01 = _mm512_setzero_ps(); __m512 a02 = _mm512_setzero_ps(); __m512 a03 = _mm512_setzero_ps(); __m512 a10 = _mm512_setzero_ps(); __m512 a11 = _mm512_setzero_ps(); __m512 a12 = _mm512_setzero_ps(); __m512 a13 = _mm512_setzero_ps(); __m512 a20 = _mm512_setzero_ps(); __m512 a21 = _mm512_setzero_ps(); __m512 a22 = _mm512_setzero_ps(); __m512 a23 = _mm512_setzero_ps(); \
     const WT *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw; \
     for (int p = p0; p < p1; p += 16) { \
+        PREFETCH_W(w0 + p); PREFETCH_W(w1 + p); PREFETCH_W(w2 + p); PREFETCH_W(w3 + p); \
         __m512 v0 = LOAD(w0 + p), v1 = LOAD(w1 + p), v2 = LOAD(w2 + p), v3 = LOAD(w3 + p), xv; \
         xv = _mm512_loadu_ps(x + 0 * ldx + p); \
         a00 = _mm512_fmadd_ps(xv, v0, a00); a01 = _mm512_fmadd_ps(xv, v1, a01); a02 = _mm512_fmadd_ps(xv, v2, a02); a03 = _mm512_fmadd_ps(xv, v3, a03); \
@@ -309,6 +324,7 @@ CK_AVX512 static inline void NAME(const float *x, size_t ldx, const WT *w0, size
     __m512 a00 = _mm512_setzero_ps(); __m512 a01 = _mm512_setzero_ps(); __m512 a02 = _mm512_setzero_ps(); __m512 a03 = _mm512_setzero_ps(); __m512 a10 = _mm512_setzero_ps(); __m512 a11 = _mm512_setzero_ps(); __m512 a12 = _mm512_setzero_ps(); __m512 a13 = _mm512_setzero_ps(); __m512 a20 = _mm512_setzero_ps(); __m512 a21 = _mm512_setzero_ps(); __m512 a22 = _mm512_setzero_ps(); __m512 a23 = _mm512_setzero_ps(); __m512 a30 = _mm512_setzero_ps(); __m512 a31 = _mm512_setzero_ps(); __m512 a32 = _mm512_setzero_ps(); __m512 a33 = _mm512_setzero_ps(); \
     const WT *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw; \
     for (int p = p0; p < p1; p += 16) { \
+        PREFETCH_W(w0 + p); PREFETCH_W(w1 + p); PREFETCH_W(w2 + p); PREFETCH_W(w3 + p); \
         __m512 v0 = LOAD(w0 + p), v1 = LOAD(w1 + p), v2 = LOAD(w2 + p), v3 = LOAD(w3 + p), xv; \
         xv = _mm512_loadu_ps(x + 0 * ldx + p); \
         a00 = _mm512_fmadd_ps(xv, v0, a00); a01 = _mm512_fmadd_ps(xv, v1, a01); a02 = _mm512_fmadd_ps(xv, v2, a02); a03 = _mm512_fmadd_ps(xv, v3, a03); \
@@ -330,6 +346,7 @@ CK_AVX512 static inline void NAME(const float *x, size_t ldx, const WT *w0, size
     __m512 a00 = _mm512_setzero_ps(); __m512 a01 = _mm512_setzero_ps(); __m512 a02 = _mm512_setzero_ps(); __m512 a03 = _mm512_setzero_ps(); __m512 a10 = _mm512_setzero_ps(); __m512 a11 = _mm512_setzero_ps(); __m512 a12 = _mm512_setzero_ps(); __m512 a13 = _mm512_setzero_ps(); __m512 a20 = _mm512_setzero_ps(); __m512 a21 = _mm512_setzero_ps(); __m512 a22 = _mm512_setzero_ps(); __m512 a23 = _mm512_setzero_ps(); __m512 a30 = _mm512_setzero_ps(); __m512 a31 = _mm512_setzero_ps(); __m512 a32 = _mm512_setzero_ps(); __m512 a33 = _mm512_setzero_ps(); __m512 a40 = _mm512_setzero_ps(); __m512 a41 = _mm512_setzero_ps(); __m512 a42 = _mm512_setzero_ps(); __m512 a43 = _mm512_setzero_ps(); \
     const WT *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw; \
     for (int p = p0; p < p1; p += 16) { \
+        PREFETCH_W(w0 + p); PREFETCH_W(w1 + p); PREFETCH_W(w2 + p); PREFETCH_W(w3 + p); \
         __m512 v0 = LOAD(w0 + p), v1 = LOAD(w1 + p), v2 = LOAD(w2 + p), v3 = LOAD(w3 + p), xv; \
         xv = _mm512_loadu_ps(x + 0 * ldx + p); \
         a00 = _mm512_fmadd_ps(xv, v0, a00); a01 = _mm512_fmadd_ps(xv, v1, a01); a02 = _mm512_fmadd_ps(xv, v2, a02); a03 = _mm512_fmadd_ps(xv, v3, a03); \
@@ -354,6 +371,7 @@ CK_AVX512 static inline void NAME(const float *x, size_t ldx, const WT *w0, size
     __m512 a00 = _mm512_setzero_ps(); __m512 a01 = _mm512_setzero_ps(); __m512 a02 = _mm512_setzero_ps(); __m512 a03 = _mm512_setzero_ps(); __m512 a10 = _mm512_setzero_ps(); __m512 a11 = _mm512_setzero_ps(); __m512 a12 = _mm512_setzero_ps(); __m512 a13 = _mm512_setzero_ps(); __m512 a20 = _mm512_setzero_ps(); __m512 a21 = _mm512_setzero_ps(); __m512 a22 = _mm512_setzero_ps(); __m512 a23 = _mm512_setzero_ps(); __m512 a30 = _mm512_setzero_ps(); __m512 a31 = _mm512_setzero_ps(); __m512 a32 = _mm512_setzero_ps(); __m512 a33 = _mm512_setzero_ps(); __m512 a40 = _mm512_setzero_ps(); __m512 a41 = _mm512_setzero_ps(); __m512 a42 = _mm512_setzero_ps(); __m512 a43 = _mm512_setzero_ps(); __m512 a50 = _mm512_setzero_ps(); __m512 a51 = _mm512_setzero_ps(); __m512 a52 = _mm512_setzero_ps(); __m512 a53 = _mm512_setzero_ps(); \
     const WT *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw; \
     for (int p = p0; p < p1; p += 16) { \
+        PREFETCH_W(w0 + p); PREFETCH_W(w1 + p); PREFETCH_W(w2 + p); PREFETCH_W(w3 + p); \
         __m512 v0 = LOAD(w0 + p), v1 = LOAD(w1 + p), v2 = LOAD(w2 + p), v3 = LOAD(w3 + p), xv; \
         xv = _mm512_loadu_ps(x + 0 * ldx + p); \
         a00 = _mm512_fmadd_ps(xv, v0, a00); a01 = _mm512_fmadd_ps(xv, v1, a01); a02 = _mm512_fmadd_ps(xv, v2, a02); a03 = _mm512_fmadd_ps(xv, v3, a03); \
