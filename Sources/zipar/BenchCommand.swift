@@ -106,12 +106,16 @@ struct BenchCommand: ParsableCommand {
         var modeList: [(schedule: Schedule, adaptive: Int?)] = schedules.map { ($0, nil) }
         if let a = adaptiveWindow { modeList += schedules.dropFirst().filter { $0.window > a }.map { ($0, a) } }
         let generators = try modeList.map { try Generator(gpt: gpt, schedule: $0.schedule) }
+        // Class 0 for c2i models; for t2i the model's own empty-caption features (all rows valid).
+        let condition: Condition = gpt.config.isT2I
+            ? .caption(features: gpt.uncond_embedding!, mask: Array(repeating: true, count: gpt.config.cls_token_num))
+            : .classLabel(0)
         var times = [[Double]](repeating: [], count: modeList.count), passes = times, forwardTimes = times
         for run in 0..<runs {
             for (i, g) in generators.enumerated() {
                 options.seed = UInt64(run)
                 options.adaptiveMinWindow = modeList[i].adaptive
-                let r = try g.generate(.classLabel(0), options: options)
+                let r = try g.generate(condition, options: options)
                 times[i].append(r.seconds); passes[i].append(Double(r.forwardPasses)); forwardTimes[i].append(r.forwardSeconds)
             }
         }

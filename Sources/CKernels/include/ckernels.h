@@ -39,10 +39,11 @@ float ck_dot(const float *a, const float *b, int n);
 void ck_axpy(float a, const float *x, float *y, int n);
 /* Sum of n floats, read as fast as the memory allows (bandwidth measurement). */
 float ck_stream_sum(const float *x, size_t n);
-/* Persistent worker pool (pool.c). ck_parallel runs fn(ctx, part, parts) for part in [0, parts),
-   part 0 on the calling thread, and returns when all are done. */
-typedef void (*ck_task_fn)(void *ctx, int part, int parts);
+/* Persistent worker pool (pool.c). ck_parallel runs fn(ctx, chunk, chunks, worker) for every chunk
+   in [0, chunks), claimed by up to `participants` threads (the caller is worker 0, the others
+   1..participants-1), and returns when all chunks are done. */
+typedef void (*ck_task_fn)(void *ctx, int chunk, int chunks, int worker);
 void ck_pool_start(int threads);
 int ck_pool_size(void);
-void ck_parallel(ck_task_fn fn, void *ctx, int parts);
+void ck_parallel(ck_task_fn fn, void *ctx, int chunks, int participants);
 #endif

@@ -24,9 +24,10 @@ public enum Measure {
         var best = 0.0
         var sink: Float = 0
         for _ in 0..<runs {
-            let sums = UnsafeMutablePointer<Float>.allocate(capacity: 16)
+            let parts = Parallel.threads
+            let sums = UnsafeMutablePointer<Float>.allocate(capacity: parts)
             let t = time {
-                Parallel.run { part, parts in
+                Parallel.run(chunks: parts) { part, parts, _ in
                     let r = Parallel.range(part, of: parts, n: n, align: 1024)
                     sums[part] = ck_stream_sum(buf.data + r.lowerBound, r.count)
                 }

@@ -23,20 +23,22 @@ public enum Parallel {
     }()
 
     private final class Task {
-        let body: (Int, Int) -> Void
-        init(_ body: @escaping (Int, Int) -> Void) { self.body = body }
+        let body: (Int, Int, Int) -> Void
+        init(_ body: @escaping (Int, Int, Int) -> Void) { self.body = body }
     }
 
-    /// Runs body(part, parts) on `parts` workers (inline when 1) and waits for all.
-    public static func run(parts: Int = threads, _ body: (Int, Int) -> Void) {
-        let parts = min(parts, threads)
-        if parts <= 1 { body(0, 1); return }
+    /// Runs body(chunk, chunks, worker) for every chunk in [0, chunks) on up to `threads` workers and
+    /// waits for all. `worker` (0..<threads) names the thread, for per-thread scratch buffers.
+    /// Chunks are claimed dynamically, so a descheduled worker never stalls the call.
+    public static func run(chunks: Int, _ body: (_ chunk: Int, _ chunks: Int, _ worker: Int) -> Void) {
+        if chunks <= 0 { return }
+        if chunks == 1 || threads <= 1 { for c in 0..<chunks { body(c, chunks, 0) }; return }
         withoutActuallyEscaping(body) { escapable in
             let task = Task(escapable)
             let ctx = Unmanaged.passUnretained(task).toOpaque()
-            ck_parallel({ ctx, part, parts in
-                Unmanaged<Task>.fromOpaque(ctx!).takeUnretainedValue().body(Int(part), Int(parts))
-            }, ctx, Int32(parts))
+            ck_parallel({ ctx, chunk, chunks, worker in
+                Unmanaged<Task>.fromOpaque(ctx!).takeUnretainedValue().body(Int(chunk), Int(chunks), Int(worker))
+            }, ctx, Int32(chunks), Int32(threads))
             withExtendedLifetime(task) {}
         }
     }

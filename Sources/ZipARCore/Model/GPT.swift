@@ -242,10 +242,14 @@ public final class GPT {
         let keys = cache.keys.data, values = cache.values.data
         let work = positions.reduce(0) { $0 + $1 } * nh * hd
         let perPart = state.scores.count / max(1, state.scores.shape[0])
-        Parallel.run(parts: work > 50_000 ? Parallel.threads : 1) { part, parts in
-            let sc = scores + part * perPart
-            let offsets = state.maskOffsets + part * state.maxRows * group
-            for job in Parallel.range(part, of: parts, n: B * nkv) {
+        // One chunk per (batch entry, KV head); scratch buffers are per worker thread.
+        let jobs = B * nkv
+        Parallel.run(chunks: work > 200_000 ? jobs : 1) { chunk, chunks, worker in
+            let sc = scores + worker * perPart
+            let offsets = state.maskOffsets + worker * state.maxRows * group
+            let qbuf = state.qGather.data + worker * state.maxRows * nh * hd
+            let obuf = state.oGather.data + worker * state.maxRows * nh * hd
+            for job in (chunks == 1 ? 0..<jobs : chunk..<(chunk + 1)) {
                 let b = job / nkv, g = job % nkv, rows = rowsOf[b]
                 guard !rows.isEmpty else { continue }
                 let n = rows.map { positions[$0] }.max()! + 1
@@ -256,8 +260,6 @@ public final class GPT {
                 }
                 let nq = rows.count * group
                 // Gather queries into a contiguous block [nq, hd] and scatter results back.
-                let qbuf = state.qGather.data + part * state.maxRows * nh * hd
-                let obuf = state.oGather.data + part * state.maxRows * nh * hd
                 for (ri, r) in rows.enumerated() {
                     (qbuf + ri * group * hd).update(from: qkv + r * qkvW + g * group * hd, count: group * hd)
                 }

@@ -27,8 +27,10 @@ public final class Linear {
         }
         let w = weight.data
         // Split output columns across workers in multiples of the kernels' 3- and 4-row tiles.
-        let parts = n >= 256 ? Parallel.threads : 1
-        Parallel.run(parts: parts) { part, parts in
+        // A few chunks per thread, so a busy core's share can be taken over by the others. Weights
+        // under 1 MB run on one thread: handing them out costs more than it saves.
+        let chunks = n * k >= 1 << 18 ? min(4 * Parallel.threads, max(1, n / 96)) : 1
+        Parallel.run(chunks: chunks) { part, parts, _ in
             let r = Parallel.range(part, of: parts, n: n, align: 12)
             if !r.isEmpty { ck_gemm_rows(x, Int32(m), Int32(k), w, Int32(r.lowerBound), Int32(r.upperBound), y, Int32(n)) }
         }
