@@ -38,11 +38,13 @@ public final class Sampler {
     public let vocab: Int
     private var work: [Float]
     private var order: [Int32]
+    private var select: [Float]
 
     public init(settings: SamplingSettings, vocab: Int) {
         self.settings = settings; self.vocab = vocab
         work = [Float](repeating: 0, count: vocab)
         order = [Int32](repeating: 0, count: vocab)
+        select = [Float](repeating: 0, count: vocab)
     }
 
     /// guided = uncond + (cond - uncond) * scale, into `out`.
@@ -86,21 +88,24 @@ public final class Sampler {
     }
 
     private func kthLargest(_ x: UnsafeMutablePointer<Float>, n: Int, k: Int) -> Float {
-        // Quickselect on a copy: O(n) per token instead of a full sort.
-        var a = Array(UnsafeBufferPointer(start: x, count: n))
-        var lo = 0, hi = n - 1
-        let target = k - 1                       // index in descending order
-        while lo < hi {
-            let pivot = a[(lo + hi) / 2]
-            var i = lo, j = hi
-            while i <= j {
-                while a[i] > pivot { i += 1 }
-                while a[j] < pivot { j -= 1 }
-                if i <= j { a.swapAt(i, j); i += 1; j -= 1 }
+        // Quickselect (Hoare partition) on a reused copy: O(n) per token, no allocation.
+        select.withUnsafeMutableBufferPointer { buf -> Float in
+            let a = buf.baseAddress!
+            a.update(from: x, count: n)
+            var lo = 0, hi = n - 1
+            let target = k - 1                       // index in descending order
+            while lo < hi {
+                let pivot = a[(lo + hi) / 2]
+                var i = lo, j = hi
+                while i <= j {
+                    while a[i] > pivot { i += 1 }
+                    while a[j] < pivot { j -= 1 }
+                    if i <= j { let t = a[i]; a[i] = a[j]; a[j] = t; i += 1; j -= 1 }
+                }
+                if target <= j { hi = j } else if target >= i { lo = i } else { break }
             }
-            if target <= j { hi = j } else if target >= i { lo = i } else { break }
+            return a[target]
         }
-        return a[target]
     }
 
     private func applyTopP(_ x: UnsafeMutablePointer<Float>, n: Int, p: Float) {
@@ -130,15 +135,24 @@ public final class Sampler {
     }
 
     private func softmax(_ x: UnsafeMutablePointer<Float>, n: Int) {
+        // Vectorised exp (NN.exp8, ~1 ulp); filtered (-inf) tokens stay exactly 0.
         var mx = -Float.infinity
         for i in 0..<n { mx = max(mx, x[i]) }
-        var sum: Float = 0
-        for i in 0..<n {
-            let e = x[i] == -.infinity ? 0 : exp(x[i] - mx)
-            x[i] = e; sum += e
+        let m8 = NN.F8(repeating: mx), zero = NN.F8(), ninf = NN.F8(repeating: -.infinity)
+        var acc = NN.F8()
+        var i = 0
+        while i + 8 <= n {
+            let v = NN.load8(x + i)
+            let e = NN.exp8(v - m8).replacing(with: zero, where: v .== ninf)
+            NN.store8(e, x + i); acc += e; i += 8
+        }
+        var sum = acc.sum()
+        while i < n {
+            let e: Float = x[i] == -.infinity ? 0 : NN.exp8(NN.F8(repeating: x[i] - mx))[0]
+            x[i] = e; sum += e; i += 1
         }
         let inv = 1 / sum
-        for i in 0..<n { x[i] *= inv }
+        for j in 0..<n { x[j] *= inv }
     }
 }
 
