@@ -40,7 +40,10 @@ struct GridCommand: ParsableCommand {
         let sampling = try samplingOptions.settings(defaults: dir.samplingDefaults)
         var conditions: [(Condition, String)] = []
         if let file = prompts {
-            guard let text = try? String(contentsOfFile: file, encoding: .utf8) else { throw ZipARError("cannot read \(file)") }
+            // FileHandle also reads pipes (`--prompts <(...)`), which String(contentsOfFile:) does not.
+            guard let data = FileHandle(forReadingAtPath: file)?.readDataToEndOfFile(), let text = String(data: data, encoding: .utf8) else {
+                throw ZipARError("cannot read \(file)")
+            }
             for line in text.split(separator: "\n") where !line.trimmingCharacters(in: .whitespaces).isEmpty {
                 conditions.append(try makeCondition(dir, classLabel: nil, prompt: String(line), captionEmbeddings: nil))
             }

@@ -116,6 +116,24 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(try files(), [])
     }
 
+    func testGridWritesImageMetadataAndLegend() throws {
+        let r = try zipar(["grid", "--model", model, "--classes", "1,tri", "--windows", "4,2", "--seeds", "0,1", "-o", dir + "/g.png", "--quiet"])
+        XCTAssertTrue(r.out.contains("3 rows x 4 columns"), r.out)
+        let (image, text) = try ImageFile.read(dir + "/g.png")
+        XCTAssertEqual(image.width, 4 * 64 + 5 * 4); XCTAssertEqual(image.height, 3 * 64 + 4 * 4)
+        let cells = try XCTUnwrap(text["zipar-grid"])
+        XCTAssertTrue(cells.contains("Window: 2") && cells.contains("Seed: 1") && cells.contains("class 3 (three, tri)"), cells)
+        let legend = try String(contentsOfFile: dir + "/g.md", encoding: .utf8)
+        XCTAssertTrue(legend.contains("window 4 (ideal), 36 passes"), legend)
+        // The same seed down a column: the raster cell equals a plain generate with that seed.
+        try zipar(["generate", "--model", model, "--class", "1", "--seed", "1", "-o", dir + "/one.png"])
+        let single = try ImageFile.read(dir + "/one.png").image
+        for y in 0..<64 { for x in 0..<64 { for c in 0..<3 {
+            XCTAssertEqual(image.pixels[((4 + y) * image.width + (4 + 64 + 4) + x) * 3 + c], single.pixels[(y * 64 + x) * 3 + c])
+        } } }
+        try zipar(["grid", "--model", model, "--classes", "1", "-o", dir + "/g.jpg"], expect: 2)
+    }
+
     func testInfoAndSchedule() throws {
         let info = try zipar(["info", "--model", model]).out
         XCTAssertTrue(info.contains("8x8 tokens -> 64x64 px"), info)
