@@ -30,10 +30,13 @@ final class CLITests: XCTestCase {
     override func tearDownWithError() throws { try? FileManager.default.removeItem(atPath: dir) }
 
     @discardableResult
-    func zipar(_ args: [String], expect code: Int32 = 0, file: StaticString = #filePath, line: UInt = #line) throws -> (out: String, err: String) {
+    func zipar(_ args: [String], expect code: Int32 = 0, environment: [String: String] = [:], directory: String? = nil,
+               file: StaticString = #filePath, line: UInt = #line) throws -> (out: String, err: String) {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: Self.binary)
         p.arguments = args
+        p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        if let directory { p.currentDirectoryURL = URL(fileURLWithPath: directory) }
         let out = Pipe(), err = Pipe()
         p.standardOutput = out; p.standardError = err
         try p.run()
@@ -132,6 +135,14 @@ final class CLITests: XCTestCase {
             XCTAssertEqual(image.pixels[((4 + y) * image.width + (4 + 64 + 4) + x) * 3 + c], single.pixels[(y * 64 + x) * 3 + c])
         } } }
         try zipar(["grid", "--model", model, "--classes", "1", "-o", dir + "/g.jpg"], expect: 2)
+    }
+
+    func testDefaultModelLookup() throws {
+        // $ZIPAR_MODEL wins; then models/default under the current directory.
+        XCTAssertTrue(try zipar(["info"], environment: ["ZIPAR_MODEL": model], directory: dir).out.contains("model        tiny"))
+        try FileManager.default.createDirectory(atPath: dir + "/proj/models", withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: model, toPath: dir + "/proj/models/default")
+        XCTAssertTrue(try zipar(["info"], environment: ["ZIPAR_MODEL": ""], directory: dir + "/proj").out.contains("8x8 tokens"))
     }
 
     func testInfoAndSchedule() throws {
