@@ -554,6 +554,25 @@ CK_AVX2 static void weighted_rows_avx2(const float *p, const float *v, int n, in
 }
 #endif
 
+#ifdef CK_X86
+/* fp16 values: 8 columns at a time, converted with F16C, accumulated in fp32. */
+CK_AVX2 static void weighted_rows_f16_avx2(const float *p, const uint16_t *v, int n, int d, float *out) {
+    for (int c = 0; c < d; c += 64) {
+        int w = d - c < 64 ? (d - c) / 8 : 8;
+        __m256 acc[8];
+        for (int t = 0; t < 8; t++) acc[t] = _mm256_setzero_ps();
+        for (int j = 0; j < n; j++) {
+            if (p[j] == 0.0f) continue;
+            __m256 pj = _mm256_set1_ps(p[j]);
+            const uint16_t *vj = v + (size_t)j * d + c;
+            for (int t = 0; t < w; t++)
+                acc[t] = _mm256_fmadd_ps(pj, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vj + 8 * t))), acc[t]);
+        }
+        for (int t = 0; t < w; t++) _mm256_storeu_ps(out + c + 8 * t, acc[t]);
+    }
+}
+#endif
+
 static void weighted_rows(const float *p, const float *v, int n, int d, float *out) {
 #ifdef CK_X86
     if (ck_has_avx2_fma()) { weighted_rows_avx2(p, v, n, d, out); return; }
@@ -563,12 +582,21 @@ static void weighted_rows(const float *p, const float *v, int n, int d, float *o
         if (p[j] != 0.0f) for (int c = 0; c < d; c++) out[c] += p[j] * v[(size_t)j * d + c];
 }
 
-void ck_attend_group(const float *q, int ldq, const float *k, const float *v, const uint8_t *masks,
-                     const int *maskOffsets, int nq, int n, int d, float scale, float *scores,
-                     float *out, int ldo) {
-    /* Scores for the whole group with the streaming product: each key row is read once. */
-    if (ldq == d) ck_gemm_rows(q, nq, d, k, 0, n, scores, n);
-    else for (int i = 0; i < nq; i++) ck_gemm_rows(q + (size_t)i * ldq, 1, d, k, 0, n, scores + (size_t)i * n, n);
+static void weighted_rows_f16(const float *p, const uint16_t *v, int n, int d, float *out) {
+#ifdef CK_X86
+    if (ck_has_avx2_fma() && d % 8 == 0) {
+        weighted_rows_f16_avx2(p, v, n, d, out);
+        return;
+    }
+#endif
+    memset(out, 0, sizeof(float) * (size_t)d);
+    for (int j = 0; j < n; j++)
+        if (p[j] != 0.0f) for (int c = 0; c < d; c++) out[c] += p[j] * half_to_float(v[(size_t)j * d + c]);
+}
+
+/* Masked softmax of each query's scores, then its weighted sum of value rows. */
+static void softmax_and_values(const uint8_t *masks, const int *maskOffsets, int nq, int n, int d, float scale,
+                               float *scores, float *out, int ldo, const float *v, const uint16_t *v16) {
     for (int i = 0; i < nq; i++) {
         float *s = scores + (size_t)i * n, mx = -INFINITY, sum = 0;
         const uint8_t *m = masks + maskOffsets[i];
@@ -581,6 +609,59 @@ void ck_attend_group(const float *q, int ldq, const float *k, const float *v, co
         float inv = 1.0f / sum;
         for (int j = 0; j < n; j++) s[j] *= inv;
         /* Value rows of one head are a few hundred KB at most: after the first query they come from cache. */
-        weighted_rows(s, v, n, d, out + (size_t)i * ldo);
+        if (v16) weighted_rows_f16(s, v16, n, d, out + (size_t)i * ldo);
+        else weighted_rows(s, v, n, d, out + (size_t)i * ldo);
     }
+}
+
+void ck_attend_group(const float *q, int ldq, const float *k, const float *v, const uint8_t *masks,
+                     const int *maskOffsets, int nq, int n, int d, float scale, float *scores,
+                     float *out, int ldo) {
+    /* Scores for the whole group with the streaming product: each key row is read once. */
+    if (ldq == d) ck_gemm_rows(q, nq, d, k, 0, n, scores, n);
+    else for (int i = 0; i < nq; i++) ck_gemm_rows(q + (size_t)i * ldq, 1, d, k, 0, n, scores + (size_t)i * n, n);
+    softmax_and_values(masks, maskOffsets, nq, n, d, scale, scores, out, ldo, v, NULL);
+}
+
+void ck_attend_group_f16(const float *q, int ldq, const uint16_t *k, const uint16_t *v, const uint8_t *masks,
+                         const int *maskOffsets, int nq, int n, int d, float scale, float *scores,
+                         float *out, int ldo) {
+    if (ldq == d) ck_gemm_rows_f16(q, nq, d, k, 0, n, scores, n);
+    else for (int i = 0; i < nq; i++) ck_gemm_rows_f16(q + (size_t)i * ldq, 1, d, k, 0, n, scores + (size_t)i * n, n);
+    softmax_and_values(masks, maskOffsets, nq, n, d, scale, scores, out, ldo, NULL, v);
+}
+
+static uint16_t float_to_half(float f) {
+    uint32_t x; memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000, mant = x & 0x7fffff;
+    int exp = (int)((x >> 23) & 0xff) - 127 + 15;
+    if (((x >> 23) & 0xff) == 0xff) return (uint16_t)(sign | 0x7c00 | (mant ? 0x200 : 0));   /* inf / nan */
+    if (exp >= 31) return (uint16_t)(sign | 0x7c00);                                            /* overflow */
+    if (exp <= 0) {                                                                              /* subnormal */
+        if (exp < -10) return (uint16_t)sign;
+        mant |= 0x800000;
+        int shift = 14 - exp;
+        uint32_t h = mant >> shift, rem = mant & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (h & 1))) h++;
+        return (uint16_t)(sign | h);
+    }
+    uint32_t h = ((uint32_t)exp << 10) | (mant >> 13), rem = mant & 0x1fff;
+    if (rem > 0x1000 || (rem == 0x1000 && (h & 1))) h++;                                         /* may carry into exp: ok */
+    return (uint16_t)(sign | h);
+}
+
+#ifdef CK_X86
+CK_AVX2 static void f32_to_f16_avx2(const float *src, uint16_t *dst, int n) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++) dst[i] = float_to_half(src[i]);
+}
+#endif
+
+void ck_f32_to_f16(const float *src, uint16_t *dst, int n) {
+#ifdef CK_X86
+    if (ck_has_avx2_fma()) { f32_to_f16_avx2(src, dst, n); return; }
+#endif
+    for (int i = 0; i < n; i++) dst[i] = float_to_half(src[i]);
 }

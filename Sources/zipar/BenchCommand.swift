@@ -17,6 +17,8 @@ struct BenchCommand: ParsableCommand {
     var windows: String = "8"
     @Option(help: "ZipAR policy for the windows: ideal or upstream.")
     var policy: String = "ideal"
+    @Option(help: "KV cache types to compare, e.g. fp32,fp16 (every mode runs with each). Default: --kv-cache.")
+    var kvCaches: String?
     @Option(help: "Also run each window w > MIN with the adaptive window MIN..w.")
     var adaptiveWindow: Int?
     @Option(help: "CFG scale used for the runs (> 1 doubles the batch).")
@@ -39,6 +41,11 @@ struct BenchCommand: ParsableCommand {
         _ = try parseIntList(windows, flag: "--windows")
         guard ZipARPolicy(rawValue: policy) != nil, policy != "eol" else { throw ValidationError("--policy must be ideal or upstream") }
         if randomInit != nil && modelOptions.model != nil { throw ValidationError("give either --model or --random-init, not both") }
+        if let k = kvCaches {
+            for name in k.split(separator: ",") where KVPrecision(rawValue: String(name)) == nil {
+                throw ValidationError("--kv-caches takes fp32 and/or fp16, got '\(name)'")
+            }
+        }
         if let g = grid {
             do { let (h, w) = try ScheduleCommand.parseGrid(g); guard h == w else { throw ZipARError("--grid must be square (LlamaGen grids are)") } }
             catch let e as ZipARError { throw ValidationError(e.message) }
@@ -103,9 +110,13 @@ struct BenchCommand: ParsableCommand {
         options.sampling.cfgScale = cfgScale
         options.sampling.topK = min(2000, gpt.config.vocab_size)
         // Modes: raster, each window, and each window with the adaptive minimum (if asked).
-        var modeList: [(schedule: Schedule, adaptive: Int?)] = schedules.map { ($0, nil) }
-        if let a = adaptiveWindow { modeList += schedules.dropFirst().filter { $0.window > a }.map { ($0, a) } }
-        let generators = try modeList.map { try Generator(gpt: gpt, schedule: $0.schedule) }
+        let caches = kvCaches.map { $0.split(separator: ",").compactMap { KVPrecision(rawValue: String($0)) } } ?? [modelOptions.kvPrecision]
+        var modeList: [(schedule: Schedule, adaptive: Int?, kv: KVPrecision)] = []
+        for kv in caches {
+            modeList += schedules.map { ($0, nil, kv) }
+            if let a = adaptiveWindow { modeList += schedules.dropFirst().filter { $0.window > a }.map { ($0, a, kv) } }
+        }
+        let generators = try modeList.map { try Generator(gpt: gpt, schedule: $0.schedule, kvPrecision: $0.kv) }
         // Class 0 for c2i models; for t2i the model's own empty-caption features (all rows valid).
         let condition: Condition = gpt.config.isT2I
             ? .caption(features: gpt.uncond_embedding!, mask: Array(repeating: true, count: gpt.config.cls_token_num))
@@ -122,21 +133,22 @@ struct BenchCommand: ParsableCommand {
         let rasterTime = Measure.median(times[0]), rasterPasses = Double(schedules[0].forwardPasses)
         var modes: [[String: Any]] = []
         if !json {
-            print("\n| decoding | window | passes | tokens/pass | s/image | in passes | ms/pass | speed-up | pass saving | speed-up / saving |\n|---|---|---|---|---|---|---|---|---|---|")
+            print("\n| decoding | window | KV cache | KV MB | passes | tokens/pass | s/image | in passes | ms/pass | speed-up | pass saving | speed-up / saving |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
         }
         for (i, m) in modeList.enumerated() {
             let s = m.schedule
             let p = passes[i].reduce(0, +) / Double(passes[i].count)
             let t = Measure.median(times[i]), speed = rasterTime / t, saving = rasterPasses / p
-            let mode = i == 0 ? "raster" : m.adaptive.map { "zipar adaptive \($0)-" } ?? "zipar \(s.policy.rawValue)"
+            let mode = s.window >= s.width ? "raster" : m.adaptive.map { "zipar adaptive \($0)-" } ?? "zipar \(s.policy.rawValue)"
             let tokensPerPass = Double(s.height * s.width) / p
             let inPasses = Measure.median(forwardTimes[i])
-            modes.append(["decoding": mode, "window": s.window, "passes": p, "tokens_per_pass": tokensPerPass,
+            let kvMB = Double(generators[i].cacheBytes(cfg: cfgScale > 1)) / 1e6
+            modes.append(["decoding": mode, "window": s.window, "kv_cache": m.kv.rawValue, "kv_mb": kvMB, "passes": p, "tokens_per_pass": tokensPerPass,
                           "seconds_per_image": t, "seconds_in_passes": inPasses, "ms_per_pass": inPasses / p * 1e3,
                           "speedup": speed, "pass_saving": saving, "efficiency": speed / saving])
             if !json {
-                print(String(format: "| %@ | %d | %.0f | %.2f | %.2f | %.2f | %.1f | %.2fx | %.2fx | %.2f |", mode, s.window, p,
-                             tokensPerPass, t, inPasses, inPasses / p * 1e3, speed, saving, speed / saving))
+                print(String(format: "| %@ | %d | %@ | %.1f | %.0f | %.2f | %.2f | %.2f | %.1f | %.2fx | %.2fx | %.2f |", mode, s.window,
+                             m.kv.rawValue, kvMB, p, tokensPerPass, t, inPasses, inPasses / p * 1e3, speed, saving, speed / saving))
             }
         }
         report["images"] = modes

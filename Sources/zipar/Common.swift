@@ -12,9 +12,15 @@ struct ModelOptions: ParsableArguments {
     @Option(help: "Worker threads for the kernels and OpenBLAS (default: all cores).")
     var threads: Int?
 
+    @Option(help: "KV cache storage: fp32 (default) or fp16 (half the memory and attention reads).")
+    var kvCache: String = "fp32"
+
     func validate() throws {
         if let t = threads, t < 1 || t > 256 { throw ValidationError("--threads must be between 1 and 256") }
+        guard KVPrecision(rawValue: kvCache) != nil else { throw ValidationError("--kv-cache must be fp32 or fp16") }
     }
+
+    var kvPrecision: KVPrecision { KVPrecision(rawValue: kvCache) ?? .fp32 }
 
     func apply() {
         Parallel.threads = threads ?? ProcessInfo.processInfo.activeProcessorCount

@@ -109,7 +109,7 @@ struct EvalCommand: ParsableCommand {
             let gpt = try dir.loadGPT(), vq = try dir.loadVQ()
             for i in modes.indices {
                 let schedule = try Schedule.make(height: side, width: side, window: modes[i].window, policy: policy)
-                modes[i].generator = try Generator(gpt: gpt, schedule: schedule)
+                modes[i].generator = try Generator(gpt: gpt, schedule: schedule, kvPrecision: modelOptions.kvPrecision)
             }
             header["model"] = dir.name
             header["grid"] = [side, side]

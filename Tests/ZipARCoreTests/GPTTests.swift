@@ -185,3 +185,40 @@ final class GPTTests: XCTestCase {
         }
     }
 }
+
+final class HalfKVCacheTests: XCTestCase {
+    func testHalfConversionMatchesSwiftFloat16() {
+        var rng = RNG(seed: 9)
+        var xs: [Float] = [0, -0, 1, -2.5, 65504, 70000, -70000, 1e-8, 6e-5, 3e-7, .infinity, -.infinity, 0.1, 1.0009766, 1.0004883]
+        for _ in 0..<1000 { xs.append(rng.nextNormal() * Float(pow(10.0, Double(Int(rng.next() % 9)) - 4))) }
+        var out = [UInt16](repeating: 0, count: xs.count)
+        ck_f32_to_f16(xs, &out, Int32(xs.count))
+        for (i, x) in xs.enumerated() { XCTAssertEqual(out[i], Float16(x).bitPattern, "\(x)") }
+    }
+
+    /// An fp16 cache gives the fp32 logits to within half-precision rounding of K and V, at half the bytes.
+    func testFP16CacheLogitsCloseToFP32() throws {
+        let cfg = try GPTConfig(json: try Fixtures.json("llamagen/gpt_c2i_tiny.config.json"))
+        let gpt = try GPT(config: cfg, weights: try Fixtures.safetensors("llamagen/gpt_c2i_tiny.weights.safetensors"))
+        let io = try Fixtures.safetensors("llamagen/gpt_c2i_tiny.io.safetensors")
+        let tokens = try io.ints("input.tokens"), V = cfg.vocab_size
+        let raw = try io.tensor("out.cfg_raw_logits")
+        let state = ForwardState(config: cfg, maxRows: 2, slots: gpt.sequenceLength)
+        let cache = gpt.makeCache(batch: 2, precision: .fp16)
+        XCTAssertEqual(cache.bytes * 2, gpt.makeCache(batch: 2).bytes)
+        var worst: Float = 0
+        for step in 0..<5 {
+            for b in 0..<2 {
+                if step == 0 { try gpt.embedClass(b == 0 ? 3 : 10, into: state.input(b)) } else { gpt.embedToken(tokens[step - 1], into: state.input(b)) }
+            }
+            gpt.forward(state: state, cache: cache, positions: [step, step], batchOf: [0, 1], visibility: AttentionVisibility(), logitRows: [0, 1])
+            worst = max(worst, maxAbsDiff(state.logits(0), raw.data + step * V, count: V), maxAbsDiff(state.logits(1), raw.data + (5 + step) * V, count: V))
+        }
+        XCTAssertLessThan(worst, 2e-2)
+        XCTAssertGreaterThan(worst, 0, "fp16 storage should change the logits a little")
+        // Whole generations work with every schedule and stay deterministic.
+        let gen = try Generator(gpt: gpt, schedule: try Schedule.make(height: 8, width: 8, window: 3), kvPrecision: .fp16)
+        var o = GenerationOptions(); o.sampling.cfgScale = 4; o.sampling.topK = 20; o.seed = 4
+        XCTAssertEqual(try gen.generate(.classLabel(3), options: o).tokens, try gen.generate(.classLabel(3), options: o).tokens)
+    }
+}

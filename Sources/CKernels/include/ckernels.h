@@ -34,6 +34,14 @@ void ck_attend_group(const float *q, int ldq, const float *k, const float *v, co
                      const int *maskOffsets, int nq, int n, int d, float scale, float *scores,
                      float *out, int ldo);
 
+/* The same with keys and values stored as IEEE half floats (the fp16 KV cache). */
+void ck_attend_group_f16(const float *q, int ldq, const uint16_t *k, const uint16_t *v, const uint8_t *masks,
+                         const int *maskOffsets, int nq, int n, int d, float scale, float *scores,
+                         float *out, int ldo);
+
+/* Float -> IEEE half (round to nearest even), n values. */
+void ck_f32_to_f16(const float *src, uint16_t *dst, int n);
+
 /* Dot product and y += a*x, used by small loops. */
 float ck_dot(const float *a, const float *b, int n);
 void ck_axpy(float a, const float *x, float *y, int n);

@@ -42,11 +42,12 @@ public enum Measure {
 
     /// Median seconds of one GPT forward pass with `inputs` new tokens per batch entry (x2 with CFG),
     /// attending over a cache that is `filled` (fraction of the sequence already written).
-    public static func forwardPass(gpt: GPT, inputs: Int, cfg: Bool, filled: Double = 0.5, runs: Int = 10) -> Double {
+    public static func forwardPass(gpt: GPT, inputs: Int, cfg: Bool, filled: Double = 0.5, runs: Int = 10,
+                                   kvPrecision: KVPrecision = .fp32) -> Double {
         let B = cfg ? 2 : 1
         let c = gpt.config
         let state = ForwardState(config: c, maxRows: B * inputs, slots: gpt.sequenceLength)
-        let cache = gpt.makeCache(batch: B)
+        let cache = gpt.makeCache(batch: B, precision: kvPrecision)
         let upTo = c.cls_token_num + Int(Double(c.block_size) * filled)
         for s in 0..<upTo { cache.markWritten(s) }
         var positions: [Int] = [], batchOf: [Int] = []

@@ -42,7 +42,7 @@ public final class Generator {
     private let plainCache: KVCache
     private let guided: Tensor
 
-    public init(gpt: GPT, schedule: Schedule) throws {
+    public init(gpt: GPT, schedule: Schedule, kvPrecision: KVPrecision = .fp32) throws {
         let c = gpt.config
         guard schedule.height * schedule.width == c.block_size, schedule.height == c.gridSize else {
             throw ZipARError("the model generates a \(c.gridSize)x\(c.gridSize) grid, the schedule is \(schedule.height)x\(schedule.width)")
@@ -55,12 +55,13 @@ public final class Generator {
         // Static steps feed at most maxInputs; the adaptive loop at most one per row + a draft check + a refresh.
         let maxInputs = max(schedule.steps.map { $0.inputs.count }.max() ?? 1, schedule.height + 2)
         state = ForwardState(config: c, maxRows: 2 * max(maxInputs, c.cls_token_num), slots: gpt.sequenceLength)
-        cfgCache = gpt.makeCache(batch: 2)
-        plainCache = gpt.makeCache(batch: 1)
+        cfgCache = gpt.makeCache(batch: 2, precision: kvPrecision)
+        plainCache = gpt.makeCache(batch: 1, precision: kvPrecision)
         guided = Tensor(shape: [c.vocab_size])
     }
 
-    public var cacheBytes: Int { cfgCache.bytes }
+    /// KV cache bytes of one image (both CFG halves when `cfg`).
+    public func cacheBytes(cfg: Bool) -> Int { cfg ? cfgCache.bytes : plainCache.bytes }
 
     /// Per-image state of one generation.
     private struct Run {

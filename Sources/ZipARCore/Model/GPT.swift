@@ -126,8 +126,9 @@ public final class GPT {
         layers.reduce(output.bytes) { $0 + $1.wqkv.bytes + $1.wo.bytes + $1.w1.bytes + $1.w2.bytes + $1.w3.bytes }
     }
 
-    public func makeCache(batch: Int) -> KVCache {
-        KVCache(batch: batch, layers: config.n_layer, kvHeads: config.kvHeads, slots: sequenceLength, headDim: config.headDim)
+    public func makeCache(batch: Int, precision: KVPrecision = .fp32) -> KVCache {
+        KVCache(batch: batch, layers: config.n_layer, kvHeads: config.kvHeads, slots: sequenceLength, headDim: config.headDim,
+                precision: precision)
     }
 
     // MARK: embeddings
@@ -185,9 +186,7 @@ public final class GPT {
                 let row = qkv + r * qkvW, pos = positions[r], b = batchOf[r]
                 for h in 0..<(nh + nkv) { rope.apply(row + h * hd, pos: pos) }
                 for h in 0..<nkv {
-                    let o = cache.base(b, li, h) + pos * hd
-                    (cache.keys.data + o).update(from: row + d + h * hd, count: hd)
-                    (cache.values.data + o).update(from: row + d + nkv * hd + h * hd, count: hd)
+                    cache.store(b, li, h, slot: pos, key: row + d + h * hd, value: row + d + nkv * hd + h * hd)
                 }
             }
             prof?.lap("rope+cache")
@@ -239,7 +238,7 @@ public final class GPT {
         let scale = 1 / Float(hd).squareRoot()
         let B = rowsOf.count
         let qkv = state.qkv.data, att = state.att.data, mask = state.mask, scores = state.scores.data
-        let keys = cache.keys.data, values = cache.values.data
+        let keys = cache.keys, values = cache.values, fp16 = cache.precision == .fp16
         let work = positions.reduce(0) { $0 + $1 } * nh * hd
         let perPart = state.scores.count / max(1, state.scores.shape[0])
         // One chunk per (batch entry, KV head); scratch buffers are per worker thread.
@@ -263,8 +262,15 @@ public final class GPT {
                 for (ri, r) in rows.enumerated() {
                     (qbuf + ri * group * hd).update(from: qkv + r * qkvW + g * group * hd, count: group * hd)
                 }
-                ck_attend_group(qbuf, Int32(hd), keys + o, values + o, mask, offsets, Int32(nq), Int32(n), Int32(hd),
-                                scale, sc, obuf, Int32(hd))
+                if fp16 {
+                    ck_attend_group_f16(qbuf, Int32(hd), keys.assumingMemoryBound(to: UInt16.self) + o,
+                                        values.assumingMemoryBound(to: UInt16.self) + o, mask, offsets, Int32(nq), Int32(n),
+                                        Int32(hd), scale, sc, obuf, Int32(hd))
+                } else {
+                    ck_attend_group(qbuf, Int32(hd), keys.assumingMemoryBound(to: Float.self) + o,
+                                    values.assumingMemoryBound(to: Float.self) + o, mask, offsets, Int32(nq), Int32(n),
+                                    Int32(hd), scale, sc, obuf, Int32(hd))
+                }
                 for (ri, r) in rows.enumerated() {
                     (att + r * c.dim + g * group * hd).update(from: obuf + ri * group * hd, count: group * hd)
                 }
