@@ -334,17 +334,7 @@ final class EvalTests: XCTestCase {
 final class EvalCommandTests: XCTestCase {
     @discardableResult
     func zipar(_ args: [String], expect code: Int32, file: StaticString = #filePath, line: UInt = #line) throws -> (out: String, err: String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: CLITests.binary)
-        p.arguments = args
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out; p.standardError = err
-        try p.run()
-        let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        let res = (String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
-        XCTAssertEqual(p.terminationStatus, code, "zipar \(args.joined(separator: " ")): \(res.1)", file: file, line: line)
-        return res
+        try runZipar(args, expect: code, file: file, line: line)
     }
 
     func testReferenceRun() throws {

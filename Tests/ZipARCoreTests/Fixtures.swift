@@ -29,3 +29,22 @@ enum Fixtures {
         return d
     }
 }
+
+/// Runs the built `zipar` binary and checks its exit status; returns stdout and stderr.
+@discardableResult
+func runZipar(_ args: [String], expect code: Int32 = 0, environment: [String: String] = [:], directory: String? = nil,
+              file: StaticString = #filePath, line: UInt = #line) throws -> (out: String, err: String) {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: CLITests.binary)
+    p.arguments = args
+    p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+    if let directory { p.currentDirectoryURL = URL(fileURLWithPath: directory) }
+    let out = Pipe(), err = Pipe()
+    p.standardOutput = out; p.standardError = err
+    try p.run()
+    let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    let res = (String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+    XCTAssertEqual(p.terminationStatus, code, "zipar \(args.joined(separator: " ")): \(res.1)", file: file, line: line)
+    return res
+}
