@@ -7,7 +7,13 @@ cd "$(dirname "$0")/.."
 bash tools/install.sh                 # apt packages + release build
 swift build --build-tests   # the CLI tests run the debug zipar binary
 swift test --skip-build
-# Converter tests (torch 2.13.0+cpu comes from the machine's local wheel folder).
+# The shipped default model generates once from the README's prompt (writes to a temp dir).
+if [ -f models/default/config.json ]; then
+  out=$(mktemp -d)
+  .build/release/zipar generate --prompt "a red circle above a blue square" --window 8 -o "$out/default.png" --quiet
+  rm -rf "$out"
+fi
+# Converter and training-pipeline tests (torch 2.13.0+cpu comes from the machine's local wheel folder).
 python3 -c "import torch" 2>/dev/null || python3 -m pip install -q -r tools/requirements.txt
 python3 -c "import pytest" 2>/dev/null || python3 -m pip install -q pytest
 python3 -m pytest -q tools/tests
