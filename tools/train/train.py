@@ -9,10 +9,13 @@ Phases (each one checkpoints into --work and is skipped by --resume once done):
   1. vq:       LlamaGen VQ (encoder, L2-normalised codebook, decoder) on rendered scenes; MSE + L1
                reconstruction + codebook + commitment losses, dead codes restarted from the batch.
   2. tokens:   render a fixed, seeded dataset of scenes and encode them into token grids.
-  3. gpt:      the LlamaGen t2i GPT on (prompt, tokens): cross-entropy, AdamW, caption dropout to
+  3. decoder:  with the encoder and codebook frozen (the tokens stay valid), train the decoder
+               further on the codes of fresh scenes, objects and edges weighted 5x.
+  4. gpt:      the LlamaGen t2i GPT on (prompt, tokens): cross-entropy, AdamW, caption dropout to
                uncond_embedding, EMA weights; the word embedding table (text.safetensors) is trained
                with it. The model is exported every --export-every steps, so an early model exists.
-  4. tune:     sample prompts with a few sampling settings, read the images back with
+  5. dec2:     more decoder fine-tuning on frozen codes (norm_out learning faster), re-export.
+  6. tune:     sample prompts with a few sampling settings, read the images back with
                shapes.analyze, and store the best settings in config.json "sampling".
 Export writes config.json, gpt.safetensors, vq.safetensors, text_vocab.txt, text.safetensors and
 grammar.json into a temp directory next to -o, then renames it into place.
@@ -53,10 +56,12 @@ FULL = {
     "gpt": GPTArgs(dim=192, n_layer=4, n_head=6, multiple_of=32, vocab_size=256, block_size=256, num_classes=1,
                    class_dropout_prob=0.1, cls_token_num=shapes.MAX_WORDS, caption_dim=64),
     "vq_steps": 1000, "vq_batch": 16, "vq_lr": 2e-3,
-    "dataset": 50000,
-    "gpt_steps": 1800, "gpt_batch": 32, "gpt_lr": 1e-3, "gpt_warmup": 100,
-    "export_every": 400, "ckpt_every": 100, "log_every": 25,
-    "tune_prompts": 96,
+    "dataset": 24000,
+    "dec_steps": 1000, "dec_lr": 1e-3, "dec_minutes": 12,
+    "dec2_steps": 2000, "dec2_lr": 5e-4, "dec2_minutes": 15, "dec2_norm_lr_mult": 10.0,
+    "gpt_steps": 3000, "gpt_batch": 32, "gpt_lr": 1e-3, "gpt_warmup": 100, "gpt_minutes": 50,
+    "export_every": 200, "ckpt_every": 50, "log_every": 25,
+    "tune_prompts": 64,
 }
 
 TINY = {
@@ -68,14 +73,15 @@ TINY = {
                    class_dropout_prob=0.1, cls_token_num=shapes.MAX_WORDS, caption_dim=16),
     "vq_steps": 4, "vq_batch": 4, "vq_lr": 2e-3,
     "dataset": 32,
+    "dec_steps": 2, "dec_lr": 1e-3,
+    "dec2_steps": 2, "dec2_lr": 5e-4, "dec2_norm_lr_mult": 10.0,
     "gpt_steps": 4, "gpt_batch": 4, "gpt_lr": 1e-3, "gpt_warmup": 2,
     "export_every": 2, "ckpt_every": 2, "log_every": 1,
     "tune_prompts": 2,
 }
 
 # Sampling settings tried by the tune phase (cfg_scale, temperature, top_k, top_p).
-TUNE_GRID = [(1.0, 1.0, 0, 1.0), (2.0, 1.0, 0, 1.0), (3.0, 1.0, 0, 1.0), (5.0, 1.0, 0, 1.0),
-             (3.0, 0.8, 0, 1.0), (3.0, 1.0, 0, 0.9)]
+TUNE_GRID = [(1.5, 1.0, 0, 1.0), (3.0, 1.0, 0, 1.0), (5.0, 1.0, 0, 1.0), (3.0, 0.7, 0, 1.0), (3.0, 1.0, 0, 0.8)]
 TINY_TUNE_GRID = [(1.0, 1.0, 0, 1.0), (3.0, 1.0, 0, 1.0)]
 
 
@@ -95,11 +101,29 @@ def save_atomic(obj, path):
     os.replace(tmp, path)
 
 
-def cosine_lr(step, total, base, warmup, floor=0.1):
+def cosine_lr(step, progress, base, warmup, floor=0.1):
+    """Linear warmup over `warmup` steps, then cosine decay to floor*base as progress goes 0 -> 1."""
     if step < warmup:
         return base * (step + 1) / warmup
-    p = min(1.0, (step - warmup) / max(1, total - warmup))
-    return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p)))
+    return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+class Budget:
+    """Progress of a phase: the larger of (steps done / steps) and (time used / minutes, when a
+    time budget is given). On a busy, shared machine a phase with a time budget still ends on
+    time with its learning rate fully decayed. `used` carries the time of earlier runs (resume)."""
+
+    def __init__(self, total, minutes=None, used=0.0):
+        self.total, self.seconds, self.used, self.t = total, (minutes * 60 if minutes else None), used, time.time()
+
+    def elapsed(self):
+        return self.used + time.time() - self.t
+
+    def progress(self, step):
+        p = step / max(1, self.total)
+        if self.seconds:
+            p = max(p, self.elapsed() / self.seconds)
+        return min(1.0, p)
 
 
 def to_pixels(x):
@@ -151,13 +175,13 @@ def train_vq(cfg, work, log, resume, seed):
     path = os.path.join(work, "vq.pt")
     vq = VQModel(cfg["vq"])
     opt = torch.optim.Adam(vq.parameters(), lr=cfg["vq_lr"], betas=(0.9, 0.99))
-    step = 0
+    step, used = 0, 0.0
     rng = np.random.default_rng(seed)
     if resume and os.path.exists(path):
         ck = torch.load(path, weights_only=False)
         vq.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
-        step = ck["step"]
+        step, used = ck["step"], ck.get("elapsed", 0.0)
         rng.bit_generator.state = ck["rng"]
         if ck.get("done"):
             log(f"vq: done at step {step} (resumed)")
@@ -167,9 +191,10 @@ def train_vq(cfg, work, log, resume, seed):
     n_e = cfg["vq"].codebook_size
     usage = torch.zeros(n_e)
     t0, s0 = time.time(), step
+    budget = Budget(total, cfg.get("vq_minutes"), used)
     vq.train()
-    while step < total:
-        lr = cosine_lr(step, total, cfg["vq_lr"], max(1, total // 20), floor=0.05)
+    while budget.progress(step) < 1:
+        lr = cosine_lr(step, budget.progress(step), cfg["vq_lr"], max(1, total // 20), floor=0.05)
         for g in opt.param_groups:
             g["lr"] = lr
         imgs, _ = batch_images(rng, bs, size)
@@ -187,7 +212,7 @@ def train_vq(cfg, work, log, resume, seed):
         # Restart dead codes from encoder outputs of the batch (LlamaGen's l2 codebook makes
         # collapse rarer, but a small codebook trained briefly still loses entries).
         restart_every = max(1, min(50, total // 10))
-        if step % restart_every == 0 and step < 0.8 * total:
+        if step % restart_every == 0 and budget.progress(step) < 0.8:
             dead = (usage == 0).nonzero().flatten()
             if len(dead):
                 pick = torch.randint(0, zf.shape[0], (len(dead),))
@@ -206,27 +231,111 @@ def train_vq(cfg, work, log, resume, seed):
             if used is not None:
                 msg += f" codes_used {used}/{n_e}"
             log(msg)
-        if step % (cfg["ckpt_every"] * 2) == 0 or step == total:
+        if step % (cfg["ckpt_every"] * 2) == 0:
             save_atomic({"model": vq.state_dict(), "opt": opt.state_dict(), "step": step,
-                         "rng": rng.bit_generator.state, "done": False}, path)
+                         "rng": rng.bit_generator.state, "done": False, "elapsed": budget.elapsed()}, path)
+    log(f"vq: {step} steps in {budget.elapsed() / 60:.1f} min")
     vq.eval()
-    # Held-out check: how well do reconstructions keep the prompt?
+    stats, imgs, px = vq_heldout(vq, cfg, seed, log, "vq")
+    stats["steps"] = step
+    save_atomic({"model": vq.state_dict(), "opt": opt.state_dict(), "step": step,
+                 "rng": rng.bit_generator.state, "done": True, "stats": stats, "elapsed": budget.elapsed()}, path)
+    shapes.write_png(os.path.join(work, "vq_recon.png"), shapes.contact_sheet(list(imgs[:16]) + list(px[:16])))
+    return vq
+
+
+def vq_heldout(vq, cfg, seed, log, what):
+    """Reconstructions of held-out scenes: pixel error and how many still match their prompt."""
     ev_rng = np.random.default_rng(seed + 999)
-    n_ev = 64 if total >= 100 else 4
-    imgs, scenes = batch_images(ev_rng, n_ev, size)
+    n_ev = 64 if cfg["vq_steps"] >= 100 else 4
+    imgs, scenes = batch_images(ev_rng, n_ev, cfg["image_size"])
     with torch.no_grad():
         rec, _, _, idx, _ = vq(from_pixels(imgs))
     px = to_pixels(rec)
     err = np.abs(px.astype(np.int16) - imgs.astype(np.int16))
-    match = np.mean([shapes.prompt_matches(p, s["prompt"]) for p, s in zip(px, scenes)])
+    match = float(np.mean([shapes.prompt_matches(p, s["prompt"]) for p, s in zip(px, scenes)]))
     codes = len(torch.unique(idx))
-    log(f"vq held-out: mean |px err| {err.mean():.2f}, pixels off by >24: {(err.max(-1) > 24).mean() * 100:.2f}%, "
-        f"reconstructions matching their prompt {match * 100:.1f}%, distinct codes {codes}/{n_e}")
-    save_atomic({"model": vq.state_dict(), "opt": opt.state_dict(), "step": step,
-                 "rng": rng.bit_generator.state, "done": True,
-                 "stats": {"px_err": float(err.mean()), "rec_match": float(match), "codes": codes}}, path)
-    shapes.write_png(os.path.join(work, "vq_recon.png"), shapes.contact_sheet(list(imgs[:16]) + list(px[:16])))
-    return vq
+    log(f"{what} held-out: mean |px err| {err.mean():.2f}, pixels off by >24: {(err.max(-1) > 24).mean() * 100:.2f}%, "
+        f"reconstructions matching their prompt {match * 100:.1f}%, distinct codes {codes}/{cfg['vq'].codebook_size}")
+    return {"px_err": round(float(err.mean()), 3), "rec_match": round(match, 3), "codes": codes}, imgs, px
+
+
+def object_weight(imgs):
+    """[B, 1, H, W] float: 1 on pixels that differ from the image's corner (background) colour,
+    grown by one pixel so that the edges count too."""
+    m = torch.from_numpy((imgs != imgs[:, :1, :1]).any(-1)).float()[:, None]
+    return F.max_pool2d(m, 3, stride=1, padding=1)
+
+
+def finetune_decoder(cfg, vq, work, log, resume, seed, phase="dec"):
+    """Phases 3 ("dec") and 5 ("dec2"): with the encoder and codebook frozen (so the GPT's tokens
+    stay valid), train post_quant_conv + decoder further on the codes of fresh scenes.
+    The final GroupNorm (norm_out) learns `{phase}_norm_lr_mult` times faster: with 32 channels in
+    32 groups it normalises every channel over the image, so flat colours that do not depend on
+    an object's area need large norm_out gains."""
+    path = os.path.join(work, f"{phase}.pt")
+    total = cfg[f"{phase}_steps"]
+    base_lr = cfg[f"{phase}_lr"]
+    mult = cfg.get(f"{phase}_norm_lr_mult", 1.0)
+    norm_params = list(vq.decoder.norm_out.parameters())
+    other = [p for p in vq.decoder.parameters() if all(p is not q for q in norm_params)]
+    other += list(vq.post_quant_conv.parameters())
+    params = other + norm_params
+    opt = torch.optim.Adam([{"params": other, "mult": 1.0}, {"params": norm_params, "mult": mult}],
+                           lr=base_lr, betas=(0.9, 0.99))
+    step, used = 0, 0.0
+    rng = np.random.default_rng(seed + (3 if phase == "dec" else 4))
+    if resume and os.path.exists(path):
+        ck = torch.load(path, weights_only=False)
+        vq.load_state_dict(ck["model"])
+        step, used = ck["step"], ck.get("elapsed", 0.0)
+        rng.bit_generator.state = ck["rng"]
+        if not ck.get("done"):
+            opt.load_state_dict(ck["opt"])
+        if ck.get("done"):
+            log(f"{phase} decoder fine-tune: done at step {step} (resumed)")
+            return ck.get("stats", {})
+        log(f"{phase} decoder fine-tune: resuming at step {step}")
+    if total <= 0:
+        return {}
+    t0, s0 = time.time(), step
+    budget = Budget(total, cfg.get(f"{phase}_minutes"), used)
+    vq.eval()  # no dropout/batch statistics anywhere; eval() only documents that the encoder is frozen
+    while budget.progress(step) < 1:
+        lr = cosine_lr(step, budget.progress(step), base_lr, max(1, total // 20), floor=0.05)
+        for g in opt.param_groups:
+            g["lr"] = lr * g["mult"]
+        imgs, _ = batch_images(rng, cfg["vq_batch"], cfg["image_size"])
+        x = from_pixels(imgs)
+        with torch.no_grad():
+            zq = vq.quant_conv(vq.encoder(x))
+            _, _, _, idx, _ = vq.quantize(zq)
+            zq = vq.quantize.lookup(idx, zq.shape)
+        rec = vq.decode(zq)
+        # Objects and their edges weigh 5x: they are a small part of each image but all of the prompt.
+        w = 1 + 4 * object_weight(imgs)
+        mse = (w * (rec - x) ** 2).mean() / w.mean()
+        l1 = (w * (rec - x).abs()).mean() / w.mean()
+        loss = mse + 0.2 * l1
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        if step % cfg["log_every"] == 0 or step == total:
+            px_err = np.abs(to_pixels(rec.detach()).astype(np.int16) - imgs.astype(np.int16)).mean()
+            log(f"{phase} step {step}/{total} mse {mse.item():.5f} l1 {l1.item():.4f} px_err {px_err:.2f} "
+                f"lr {lr:.2e} {(time.time() - t0) / max(1, step - s0):.2f}s/step")
+        if step % (cfg["ckpt_every"] * 2) == 0:
+            save_atomic({"model": vq.state_dict(), "opt": opt.state_dict(), "step": step,
+                         "rng": rng.bit_generator.state, "done": False, "elapsed": budget.elapsed()}, path)
+    log(f"{phase} decoder fine-tune: {step} steps in {budget.elapsed() / 60:.1f} min")
+    stats, imgs, px = vq_heldout(vq, cfg, seed, log, f"{phase} decoder fine-tune")
+    stats["steps"] = step
+    save_atomic({"model": vq.state_dict(), "opt": opt.state_dict(), "step": step, "rng": rng.bit_generator.state,
+                 "done": True, "stats": stats, "elapsed": budget.elapsed()}, path)
+    shapes.write_png(os.path.join(work, f"{phase}_recon.png"), shapes.contact_sheet(list(imgs[:16]) + list(px[:16])))
+    return stats
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,7 +409,7 @@ def train_gpt(cfg, vq, data, work, out, log, resume, seed, export_fn):
     text = TextEmbedding(len(VOCAB), cfg["gpt"].caption_dim)
     opt = torch.optim.AdamW(param_groups([gpt, text], 0.05), lr=cfg["gpt_lr"], betas=(0.9, 0.95))
     ema = EMA([gpt, text], 0.999)
-    step = 0
+    step, used = 0, 0.0
     rng = np.random.default_rng(seed + 2)
     if resume and os.path.exists(path):
         ck = torch.load(path, weights_only=False)
@@ -308,7 +417,7 @@ def train_gpt(cfg, vq, data, work, out, log, resume, seed, export_fn):
         text.load_state_dict(ck["text"])
         opt.load_state_dict(ck["opt"])
         ema.shadow = ck["ema"]
-        step = ck["step"]
+        step, used = ck["step"], ck.get("elapsed", 0.0)
         rng.bit_generator.state = ck["rng"]
         torch.set_rng_state(ck["torch_rng"])
         log(f"gpt: resuming at step {step}")
@@ -316,10 +425,18 @@ def train_gpt(cfg, vq, data, work, out, log, resume, seed, export_fn):
     n = len(tokens)
     n_params = sum(p.numel() for p in gpt.parameters())
     log(f"gpt: {n_params / 1e6:.2f}M parameters, {total} steps of {bs}, dataset {n}")
-    t0, s0, avg = time.time(), step, None
+    t0, s0, avg = time.time(), step, (ck["loss"] if resume and os.path.exists(path) else None)
+    budget = Budget(total, cfg.get("gpt_minutes"), used)
     gpt.train()
-    while step < total:
-        lr = cosine_lr(step, total, cfg["gpt_lr"], cfg["gpt_warmup"])
+
+    def checkpoint():
+        save_atomic({"gpt": gpt.state_dict(), "text": text.state_dict(), "opt": opt.state_dict(),
+                     "ema": ema.shadow, "step": step, "rng": rng.bit_generator.state,
+                     "torch_rng": torch.get_rng_state(), "loss": avg, "elapsed": budget.elapsed()}, path)
+
+    last_export = None
+    while budget.progress(step) < 1:
+        lr = cosine_lr(step, budget.progress(step), cfg["gpt_lr"], cfg["gpt_warmup"])
         for g in opt.param_groups:
             g["lr"] = lr
         b = rng.integers(0, n, bs)
@@ -337,13 +454,17 @@ def train_gpt(cfg, vq, data, work, out, log, resume, seed, export_fn):
         if step % cfg["log_every"] == 0 or step == total:
             log(f"gpt step {step}/{total} loss {loss.item():.4f} avg {avg:.4f} lr {lr:.2e} "
                 f"{(time.time() - t0) / (step - s0):.2f}s/step")
-        if step % cfg["ckpt_every"] == 0 or step == total:
-            save_atomic({"gpt": gpt.state_dict(), "text": text.state_dict(), "opt": opt.state_dict(),
-                         "ema": ema.shadow, "step": step, "rng": rng.bit_generator.state,
-                         "torch_rng": torch.get_rng_state(), "loss": avg}, path)
-        if step % cfg["export_every"] == 0 or step == total:
+        if step % cfg["ckpt_every"] == 0:
+            checkpoint()
+        if step % cfg["export_every"] == 0:
             export_fn(ema.shadow[0], ema.shadow[1], {"gpt_steps": step, "gpt_loss": round(avg, 4)})
+            last_export = step
             log(f"gpt: exported EMA weights at step {step} to {out}")
+    checkpoint()
+    log(f"gpt: {step} steps in {budget.elapsed() / 60:.1f} min, loss (running mean) {avg:.4f}")
+    if last_export != step:
+        export_fn(ema.shadow[0], ema.shadow[1], {"gpt_steps": step, "gpt_loss": round(avg, 4)})
+        log(f"gpt: exported EMA weights at step {step} to {out}")
     return ema.shadow
 
 
@@ -484,13 +605,21 @@ def main(argv=None):
     ap.add_argument("--vq-steps", type=int)
     ap.add_argument("--gpt-steps", type=int)
     ap.add_argument("--dataset", type=int, help="number of tokenised training scenes")
+    ap.add_argument("--dec-steps", type=int, help="decoder fine-tuning steps on frozen codes (before the GPT)")
+    ap.add_argument("--dec2-steps", type=int, help="more decoder fine-tuning steps after the GPT")
+    for ph in ("vq", "gpt", "dec", "dec2"):
+        ap.add_argument(f"--{ph}-minutes", type=float,
+                        help=f"time budget of the {ph} phase: it stops at its steps or after this many minutes, "
+                             "whichever comes first, with the learning-rate schedule following the larger fraction")
     ap.add_argument("--export-every", type=int, help="export the EMA model every N GPT steps")
     ap.add_argument("--no-tune", action="store_true", help="skip the sampling-settings search")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(max(1, args.threads))
     cfg = dict(TINY if args.tiny else FULL)
-    for k, a in (("vq_steps", args.vq_steps), ("gpt_steps", args.gpt_steps), ("dataset", args.dataset),
+    for k, a in (("vq_steps", args.vq_steps), ("gpt_steps", args.gpt_steps), ("dataset", args.dataset), ("dec_steps", args.dec_steps),
+                 ("vq_minutes", args.vq_minutes), ("gpt_minutes", args.gpt_minutes), ("dec_minutes", args.dec_minutes),
+                 ("dec2_steps", args.dec2_steps), ("dec2_minutes", args.dec2_minutes),
                  ("export_every", args.export_every)):
         if a is not None:
             cfg[k] = a
@@ -498,7 +627,7 @@ def main(argv=None):
     os.makedirs(work, exist_ok=True)
     cfg["work"] = work
     if not args.resume:
-        for f in ("vq.pt", "tokens.npz", "gpt.pt"):
+        for f in ("vq.pt", "tokens.npz", "gpt.pt", "dec.pt", "dec2.pt"):
             if os.path.exists(os.path.join(work, f)):
                 os.remove(os.path.join(work, f))
     log = Logger(os.path.join(work, "train.log"))
@@ -512,7 +641,6 @@ def main(argv=None):
     data = make_tokens(cfg, vq, work, log, args.resume, args.seed)
     t_tok = time.time() - t_start - t_vq
     default_sampling = {"cfg_scale": 3.0, "top_k": 0, "top_p": 1.0, "temperature": 1.0}
-    sampling_path = os.path.join(work, "sampling.json")
     vq_stats = torch.load(os.path.join(work, "vq.pt"), weights_only=False).get("stats", {})
     info_base = {"image_size": cfg["image_size"], "dataset": int(len(data[0])), "vq_steps": cfg["vq_steps"],
                  "vq_batch": cfg["vq_batch"], "gpt_batch": cfg["gpt_batch"], "vq_heldout": vq_stats}
@@ -521,10 +649,23 @@ def main(argv=None):
         export_model(args.out, cfg, vq, gpt_sd, text_sd, sampling or default_sampling,
                      {**info_base, **info, "minutes": round((time.time() - t_start) / 60, 1)})
 
+    t0 = time.time()
+    dec_stats = finetune_decoder(cfg, vq, work, log, args.resume, args.seed)
+    t_dec = time.time() - t0
+    if dec_stats:
+        info_base["decoder_finetune"] = {"steps": dec_stats.get("steps"), "heldout": dec_stats}
+    t0 = time.time()
     shadow = train_gpt(cfg, vq, data, work, args.out, log, args.resume, args.seed, export_fn)
-    t_gpt = time.time() - t_start - t_vq - t_tok
+    t_gpt = time.time() - t0
     ck = torch.load(os.path.join(work, "gpt.pt"), weights_only=False)
     info = {"gpt_steps": ck["step"], "gpt_loss": round(ck["loss"], 4)}
+    t0 = time.time()
+    dec2_stats = finetune_decoder(cfg, vq, work, log, args.resume, args.seed, phase="dec2")
+    t_dec += time.time() - t0
+    if dec2_stats:
+        info_base["decoder_finetune2"] = {"steps": dec2_stats.get("steps"), "heldout": dec2_stats}
+        export_fn(shadow[0], shadow[1], info)
+        log(f"dec2: exported to {args.out}")
     if not args.no_tune:
         grid = TINY_TUNE_GRID if args.tiny else TUNE_GRID
         sampling, results, acc = tune_sampling(args.out, cfg, log, args.seed, grid)
@@ -536,7 +677,7 @@ def main(argv=None):
         export_fn(shadow[0], shadow[1], info, sampling)
         log(f"tune: best sampling {sampling}; exported to {args.out}")
     log(f"done in {(time.time() - t_start) / 60:.1f} min (vq {t_vq / 60:.1f}, tokens {t_tok / 60:.1f}, "
-        f"gpt {t_gpt / 60:.1f})")
+        f"gpt {t_gpt / 60:.1f}, decoder {t_dec / 60:.1f})")
 
 
 if __name__ == "__main__":
