@@ -477,6 +477,7 @@ def export_model(out, cfg, vq, gpt_sd, text_sd, sampling, info):
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".zipar-export-", dir=parent)
     try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
         gpt_sd = {k: v for k, v in gpt_sd.items() if k != "freqs_cis"}
         gpt_t = {k: v.detach().to(torch.float16).contiguous() for k, v in gpt_sd.items()}
         vq_t = {k: v.detach().float().contiguous() for k, v in vq.export_state_dict().items()}
