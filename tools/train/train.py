@@ -290,11 +290,14 @@ def finetune_decoder(cfg, vq, work, log, resume, seed, phase="dec"):
         vq.load_state_dict(ck["model"])
         step, used = ck["step"], ck.get("elapsed", 0.0)
         rng.bit_generator.state = ck["rng"]
-        if not ck.get("done"):
+        done = ck.get("done") and Budget(total, cfg.get(f"{phase}_minutes"), used).progress(step) >= 1
+        if not done:
             opt.load_state_dict(ck["opt"])
-        if ck.get("done"):
+        if done:
             log(f"{phase} decoder fine-tune: done at step {step} (resumed)")
             return ck.get("stats", {})
+        if ck.get("done"):
+            log(f"{phase} decoder fine-tune: extending a finished phase (larger budget)")
         log(f"{phase} decoder fine-tune: resuming at step {step}")
     if total <= 0:
         return {}
