@@ -1,0 +1,215 @@
+"""Tests for the default-model training pipeline (tools/train): the shapes renderer and grammar,
+parity of the torch modules with the official LlamaGen fixtures, and `train.py --tiny` end to end.
+
+    python3 -m pytest -q tools/tests/test_train.py
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(REPO, "tools", "train"))
+
+import shapes  # noqa: E402
+
+FIXTURES = os.path.join(REPO, "..", "shared", "fixtures", "llamagen")
+if not os.path.isdir(FIXTURES):
+    FIXTURES = "/work/shared/fixtures/llamagen"
+
+
+# ---------------------------------------------------------------------------------------------
+# Renderer and grammar
+
+def test_renderer_rules_hold_on_seeded_samples():
+    rng = np.random.default_rng(1234)
+    kinds = {"one": 0, "two": 0, "bg": 0}
+    rels = set()
+    for _ in range(200):
+        sc = shapes.sample_scene(rng, 64)
+        img = shapes.render(sc)
+        shapes.check_scene(sc, img)
+        kinds["two" if len(sc["objects"]) == 2 else "one"] += 1
+        kinds["bg"] += sc["named_background"]
+        if sc["relation"]:
+            rels.add(sc["relation"])
+    assert kinds["one"] > 40 and kinds["two"] > 80 and kinds["bg"] > 60
+    assert rels == set(shapes.RELATIONS)
+
+
+def test_renderer_is_seeded():
+    a = shapes.sample_scene(np.random.default_rng(5))
+    b = shapes.sample_scene(np.random.default_rng(5))
+    assert a == b
+    assert (shapes.render(a) == shapes.render(b)).all()
+
+
+def test_scene_for_a_given_prompt():
+    rng = np.random.default_rng(0)
+    for p in ["a red circle above a blue square", "a green triangle left of a purple diamond on a white background",
+              "a gray diamond", "a black square right of a black circle on a yellow background",
+              "a white triangle below a cyan triangle"]:
+        spec = shapes.parse_prompt(p)
+        for _ in range(5):
+            sc = shapes.sample_scene(rng, 64, spec={**spec, "named_background": spec["background"] is not None})
+            assert sc["prompt"] == p
+            shapes.check_scene(sc, shapes.render(sc))
+
+
+def test_check_scene_catches_broken_rules():
+    rng = np.random.default_rng(3)
+    sc = shapes.sample_scene(rng, 64, spec={**shapes.parse_prompt("a red circle left of a blue square"),
+                                            "named_background": False})
+    img = shapes.render(sc)
+    bad = dict(sc, relation="right of", prompt="a red circle right of a blue square")
+    with pytest.raises(AssertionError):
+        shapes.check_scene(bad, img)
+    noisy = img.copy()
+    noisy[0, 0] = (1, 2, 3)
+    with pytest.raises(AssertionError):
+        shapes.check_scene(sc, noisy)
+
+
+def test_prompt_grammar_parse():
+    p = shapes.parse_prompt("a green triangle left of a purple diamond on a white background")
+    assert p == {"objects": [("green", "triangle"), ("purple", "diamond")], "relation": "left of",
+                 "background": "white"}
+    assert shapes.parse_prompt("A  Red CIRCLE") == {"objects": [("red", "circle")], "relation": None,
+                                                   "background": None}
+    assert shapes.parse_prompt("a blue square on a yellow background")["background"] == "yellow"
+    for bad in ["a red", "red circle", "a red circle left a blue square", "a pink circle", "a red circle on a blue",
+                "a red circle above a blue square above a green diamond", "the red circle", ""]:
+        with pytest.raises(ValueError):
+            shapes.parse_prompt(bad)
+    # make_prompt and parse_prompt round-trip; every prompt fits cls_token_num and the vocabulary
+    rng = np.random.default_rng(9)
+    vocab = set(shapes.vocabulary()[1:])
+    for _ in range(300):
+        spec = shapes.sample_prompt_spec(rng)
+        text = shapes.make_prompt(spec["objects"], spec["relation"],
+                                  spec["background"] if spec["named_background"] else None)
+        back = shapes.parse_prompt(text)
+        assert back["objects"] == spec["objects"] and back["relation"] == spec["relation"]
+        assert len(text.split()) <= shapes.MAX_WORDS and set(text.split()) <= vocab
+    longest = "a green triangle left of a purple diamond on a white background"
+    assert len(longest.split()) == shapes.MAX_WORDS
+
+
+def test_vocabulary_and_words_json(tmp_path):
+    v = shapes.vocabulary()
+    assert v[0] == "<pad>" and len(v) == len(set(v)) and all(w == w.lower() for w in v)
+    out = tmp_path / "words.json"
+    shapes.main(["--words", str(out)])
+    g = json.loads(out.read_text())
+    assert g["words"] == v[1:] and g["colors"]["red"] == [220, 40, 40] and g["shapes"] == shapes.SHAPES
+
+
+# ---------------------------------------------------------------------------------------------
+# Parity with the official LlamaGen modules (fixtures in shared/)
+
+def read_st(path):
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        data = f.read()
+    dt = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "U8": np.uint8}
+    return {k: np.frombuffer(data[v["data_offsets"][0]:v["data_offsets"][1]], dt[v["dtype"]]).reshape(v["shape"])
+            for k, v in header.items() if k != "__metadata__"}
+
+
+needs_fixtures = pytest.mark.skipif(not os.path.isdir(FIXTURES), reason="no LlamaGen fixtures")
+
+
+@needs_fixtures
+def test_gpt_t2i_matches_official_fixture():
+    import torch
+    from model import GPTArgs, Transformer
+    cfg = json.load(open(os.path.join(FIXTURES, "gpt_t2i_tiny.config.json")))
+    args = GPTArgs(**{k: cfg[k] for k in ["dim", "n_layer", "n_head", "n_kv_head", "multiple_of", "ffn_dim_multiplier",
+                                          "rope_base", "norm_eps", "vocab_size", "block_size", "num_classes",
+                                          "class_dropout_prob", "cls_token_num", "model_type", "caption_dim"]})
+    m = Transformer(args).eval()
+    w = {k: torch.from_numpy(v.copy()) for k, v in read_st(os.path.join(FIXTURES, "gpt_t2i_tiny.weights.safetensors")).items()}
+    m.load_state_dict(w, strict=True)
+    io = {k: torch.from_numpy(v.copy()) for k, v in read_st(os.path.join(FIXTURES, "gpt_t2i_tiny.io.safetensors")).items()}
+    assert torch.allclose(m.freqs_cis, io["freqs_cis"], atol=1e-6)
+    mask = io["input.emb_mask"].bool()
+    S = 120 + 64
+    assert (Transformer.build_mask(mask, S)[0, 0] == io["out.attn_mask_generate"].bool()).all()
+    with torch.no_grad():
+        logits, _ = m(io["input.tokens"], io["input.caption_embs"], mask)
+        assert (logits - io["out.logits_full_from_last_cond"]).abs().max() < 1e-4
+        logits_u, _ = m(io["input.tokens"], io["input.caption_embs"], mask, force_drop_ids=torch.ones(1))
+        assert (logits_u - io["out.logits_full_uncond_from_last_cond"]).abs().max() < 1e-4
+        # cached generation with CFG 7.5; top_k=1 is greedy
+        toks = m.generate(io["input.caption_embs"], mask, cfg_scale=7.5, top_k=1)
+    assert (toks == io["out.greedy_tokens_cfg7.5"]).all()
+
+
+@needs_fixtures
+def test_vq_decoder_matches_official_fixture():
+    import torch
+    from model import VQArgs, VQModel
+    vq = VQModel(VQArgs(codebook_size=512, codebook_embed_dim=8, decoder_ch_mult=[1, 1, 2, 2], z_channels=32, ch=32,
+                        num_res_blocks=2)).eval()
+    w = {k: torch.from_numpy(v.copy()) for k, v in read_st(os.path.join(FIXTURES, "vq_tiny.weights.safetensors")).items()}
+    missing, unexpected = vq.load_state_dict(w, strict=False)
+    assert not unexpected and all(k.startswith(("encoder.", "quant_conv.")) for k in missing)
+    assert set(vq.export_state_dict()) == set(w)
+    io = read_st(os.path.join(FIXTURES, "vq_tiny.io.safetensors"))
+    with torch.no_grad():
+        img = vq.decode_code(torch.from_numpy(io["input.codes"].copy()), 8)
+    assert np.abs(img.numpy() - io["out.image"]).max() < 1e-4
+    px = (127.5 * img + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    assert np.abs(px.astype(int) - io["out.image_uint8_hwc"].astype(int)).max() <= 1
+
+
+# ---------------------------------------------------------------------------------------------
+# train.py --tiny end to end
+
+def test_train_tiny_end_to_end():
+    import torch
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    from convert_llamagen import expected_gpt_shapes, expected_vq_shapes
+    with tempfile.TemporaryDirectory() as tmp:
+        out, work = os.path.join(tmp, "models", "tiny"), os.path.join(tmp, "work")
+        r = subprocess.run([sys.executable, os.path.join(REPO, "tools", "train", "train.py"), "--tiny", "-o", out,
+                            "--work", work, "--threads", "1"], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        assert "gpt step" in r.stdout and "vq step" in r.stdout and os.path.exists(os.path.join(work, "train.log"))
+        assert sorted(os.listdir(out)) == ["config.json", "gpt.safetensors", "grammar.json", "text.safetensors",
+                                          "text_vocab.txt", "vq.safetensors"]
+        assert not [f for f in os.listdir(os.path.dirname(out)) if f.startswith(".")], "temp dirs left behind"
+        cfg = json.load(open(os.path.join(out, "config.json")))
+        g, v = cfg["gpt"], cfg["vq"]
+        assert g["model_type"] == "t2i" and g["vocab_size"] == v["codebook_size"] and v["codebook_l2_norm"] is True
+        assert set(cfg["sampling"]) == {"cfg_scale", "top_k", "top_p", "temperature"}
+        assert all((v["ch"] * m) % 32 == 0 for m in v["decoder_ch_mult"])
+        # key sets and shapes as the converter (and zipar) expect, with cls_token_num rows of uncond_embedding
+        gpt = read_st(os.path.join(out, "gpt.safetensors"))
+        exp = expected_gpt_shapes({**g, "cls_token_num": 120})
+        exp["cls_embedding.uncond_embedding"] = [g["cls_token_num"], g["caption_dim"]]
+        assert {k: list(a.shape) for k, a in gpt.items()} == exp
+        vqw = read_st(os.path.join(out, "vq.safetensors"))
+        assert {k: list(a.shape) for k, a in vqw.items()} == expected_vq_shapes(v)
+        vocab = open(os.path.join(out, "text_vocab.txt")).read().split("\n")
+        vocab = vocab[:-1] if vocab[-1] == "" else vocab
+        assert vocab == shapes.vocabulary()
+        text = read_st(os.path.join(out, "text.safetensors"))
+        assert list(text) == ["embedding.weight"] and text["embedding.weight"].shape == (len(vocab), g["caption_dim"])
+        # loadable, and it generates an image
+        from train import load_model_dir, sample_images
+        config, gm, vm, emb = load_model_dir(out)
+        imgs = sample_images(config, gm, vm, emb, ["a red circle above a blue square"], (2.0, 1.0, 0, 1.0), 0)
+        assert imgs.shape == (1, cfg["image_size"], cfg["image_size"], 3) and imgs.dtype == np.uint8
+        # --resume after completion reuses the checkpoints
+        r = subprocess.run([sys.executable, os.path.join(REPO, "tools", "train", "train.py"), "--tiny", "-o", out,
+                            "--work", work, "--resume", "--no-tune"], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert "(resumed)" in r.stdout and "gpt: resuming at step" in r.stdout
