@@ -115,8 +115,10 @@ struct EvalCommand: ParsableCommand {
             header["grid"] = [side, side]
             header["image_size"] = [dir.imageSize, dir.imageSize]
             header["policy"] = policy.rawValue
-            header["sampling"] = ["cfg_scale": Double(sampling.cfgScale), "cfg_interval": sampling.cfgInterval, "top_k": sampling.topK,
-                                  "top_p": Double(sampling.topP), "temperature": Double(sampling.temperature)]
+            // Floats printed through Double would show 0.800000011920929; round-trip them through their shortest text.
+            func d(_ x: Float) -> Double { Double("\(x)") ?? Double(x) }
+            header["sampling"] = ["cfg_scale": d(sampling.cfgScale), "cfg_interval": sampling.cfgInterval, "top_k": sampling.topK,
+                                  "top_p": d(sampling.topP), "temperature": d(sampling.temperature)]
             let total = prompts.count * modes.count
             // Prompt by prompt, every mode in turn: machine noise hits all modes alike.
             for (i, e) in prompts.enumerated() {
