@@ -225,18 +225,6 @@ DEFINE_TILE4(tile4_f16, uint16_t, LOAD_F16)
 DEFINE_GEMM_ROWS(gemm_rows_avx2, tile1_f32, tile2_f32, tile3_f32, tile4_f32, float, LOAD_F32, F32_ID)
 DEFINE_GEMM_ROWS(gemm_rows_f16_avx2, tile1_f16, tile2_f16, tile3_f16, tile4_f16, uint16_t, LOAD_F16, half_to_float)
 
-CK_AVX2 static float dot_avx2(const float *a, const float *b, int n) {
-    __m256 s0 = _mm256_setzero_ps(), s1 = s0;
-    int p = 0;
-    for (; p + 16 <= n; p += 16) {
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + p), _mm256_loadu_ps(b + p), s0);
-        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + p + 8), _mm256_loadu_ps(b + p + 8), s1);
-    }
-    for (; p + 8 <= n; p += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + p), _mm256_loadu_ps(b + p), s0);
-    float s = hsum8(_mm256_add_ps(s0, s1));
-    for (; p < n; p++) s += a[p] * b[p];
-    return s;
-}
 
 CK_AVX2 static void axpy_avx2(float a, const float *x, float *y, int n) {
     __m256 va = _mm256_set1_ps(a);
@@ -479,43 +467,8 @@ void ck_gemm_rows_f16(const float *x, int m, int k, const uint16_t *w, int j0, i
     gemm_rows_f16_generic(x, m, k, w, j0, j1, y, ldy);
 }
 
-float ck_dot(const float *a, const float *b, int n) {
-#ifdef CK_X86
-    if (ck_has_avx2_fma()) return dot_avx2(a, b, n);
-#endif
-    float s = 0;
-    for (int p = 0; p < n; p++) s += a[p] * b[p];
-    return s;
-}
 
-void ck_axpy(float a, const float *x, float *y, int n) {
-#ifdef CK_X86
-    if (ck_has_avx2_fma()) { axpy_avx2(a, x, y, n); return; }
-#endif
-    for (int p = 0; p < n; p++) y[p] += a * x[p];
-}
 
-void ck_attend(const float *q, const float *k, const float *v, const uint8_t *mask, int n, int d,
-               float scale, float *scores, float *out) {
-    float mx = -INFINITY;
-    for (int j = 0; j < n; j++) {
-        if (mask && !mask[j]) { scores[j] = -INFINITY; continue; }
-        float s = ck_dot(q, k + (size_t)j * d, d) * scale;
-        scores[j] = s;
-        if (s > mx) mx = s;
-    }
-    memset(out, 0, sizeof(float) * (size_t)d);
-    if (mx == -INFINITY) return;
-    float sum = 0;
-    for (int j = 0; j < n; j++) {
-        float e = scores[j] == -INFINITY ? 0.0f : expf(scores[j] - mx);
-        scores[j] = e;
-        sum += e;
-    }
-    float inv = 1.0f / sum;
-    for (int j = 0; j < n; j++)
-        if (scores[j] != 0.0f) ck_axpy(scores[j] * inv, v + (size_t)j * d, out, d);
-}
 
 float ck_stream_sum(const float *x, size_t n) {
 #ifdef CK_X86

@@ -66,8 +66,6 @@ static void *worker_main(void *arg) {
     return NULL;
 }
 
-int ck_pool_size(void) { return nworkers + 1; }
-
 void ck_pool_start(int threads) {
     pthread_mutex_lock(&call_mu);
     int want = threads - 1;

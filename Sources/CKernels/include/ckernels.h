@@ -18,13 +18,6 @@ void ck_gemm_rows(const float *x, int m, int k, const float *w, int j0, int j1, 
 /* Same product with the weight stored as IEEE half floats (converted on the fly). */
 void ck_gemm_rows_f16(const float *x, int m, int k, const uint16_t *w, int j0, int j1, float *y, int ldy);
 
-/* One attention head for one query over `n` cache slots:
-     s_j = (q . k_j) * scale  if mask[j] else -inf;  p = softmax(s);  out = sum_j p_j v_j
-   k and v are [n, d] (slot-major). mask may be NULL (all visible). scores is scratch [n].
-   If no slot is visible, out is zero. */
-void ck_attend(const float *q, const float *k, const float *v, const uint8_t *mask, int n, int d,
-               float scale, float *scores, float *out);
-
 /* Attention of nq queries that share one key/value head (same batch entry, same KV head) over n
    cache slots, reading every key and value row once for the whole group:
      for query i: s_ij = (q_i . k_j) * scale if mask_i[j] else -inf; p_i = softmax(s_i); out_i = sum_j p_ij v_j
@@ -42,9 +35,6 @@ void ck_attend_group_f16(const float *q, int ldq, const uint16_t *k, const uint1
 /* Float -> IEEE half (round to nearest even), n values. */
 void ck_f32_to_f16(const float *src, uint16_t *dst, int n);
 
-/* Dot product and y += a*x, used by small loops. */
-float ck_dot(const float *a, const float *b, int n);
-void ck_axpy(float a, const float *x, float *y, int n);
 /* Sum of n floats, read as fast as the memory allows (bandwidth measurement). */
 float ck_stream_sum(const float *x, size_t n);
 /* Persistent worker pool (pool.c). ck_parallel runs fn(ctx, chunk, chunks, worker) for every chunk
@@ -52,6 +42,5 @@ float ck_stream_sum(const float *x, size_t n);
    1..participants-1), and returns when all chunks are done. */
 typedef void (*ck_task_fn)(void *ctx, int chunk, int chunks, int worker);
 void ck_pool_start(int threads);
-int ck_pool_size(void);
 void ck_parallel(ck_task_fn fn, void *ctx, int chunks, int participants);
 #endif
