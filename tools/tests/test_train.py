@@ -182,7 +182,7 @@ def test_train_tiny_end_to_end():
         r = subprocess.run([sys.executable, os.path.join(REPO, "tools", "train", "train.py"), "--tiny", "-o", out,
                             "--work", work, "--threads", "1"], capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-        assert "gpt step" in r.stdout and "vq step" in r.stdout and os.path.exists(os.path.join(work, "train.log"))
+        assert "gpt step" in r.stdout and "dec step" in r.stdout and "codebook:" in r.stdout and os.path.exists(os.path.join(work, "train.log"))
         assert sorted(os.listdir(out)) == ["config.json", "gpt.safetensors", "grammar.json", "text.safetensors",
                                           "text_vocab.txt", "vq.safetensors"]
         assert not [f for f in os.listdir(os.path.dirname(out)) if f.startswith(".")], "temp dirs left behind"

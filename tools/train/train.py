@@ -1,22 +1,27 @@
 #!/usr/bin/env python3
 """Trains zipar's default text-to-image model (models/default) end to end on CPU.
 
-    python3 tools/train/train.py                     # the shipped model (about 75 min, 1 thread)
+    python3 tools/train/train.py                     # the shipped model, all phases one after another
     python3 tools/train/train.py --tiny -o /tmp/m    # a few steps of a tiny config, seconds (CI)
     python3 tools/train/train.py --resume            # continue from the checkpoints in --work
 
 Phases (each one checkpoints into --work and is skipped by --resume once done):
-  1. vq:       LlamaGen VQ (encoder, L2-normalised codebook, decoder) on rendered scenes; MSE + L1
-               reconstruction + codebook + commitment losses, dead codes restarted from the batch.
+  1. codebook: the tokenizer (patches.py): the K most frequent 4x4 palette patterns of seeded scenes;
+               a patch is encoded as its nearest pattern.
   2. tokens:   render a fixed, seeded dataset of scenes and encode them into token grids.
-  3. decoder:  with the encoder and codebook frozen (the tokens stay valid), train the decoder
-               further on the codes of fresh scenes, objects and edges weighted 5x.
+  3. dec:      LlamaGen VQ decoder (codebook vectors, post_quant_conv, decoder) trained from scratch to
+               turn the codes of fresh scenes back into their pixels (L1 + MSE, objects weighted 5x).
   4. gpt:      the LlamaGen t2i GPT on (prompt, tokens): cross-entropy, AdamW, caption dropout to
                uncond_embedding, EMA weights; the word embedding table (text.safetensors) is trained
                with it. The model is exported every --export-every steps, so an early model exists.
-  5. dec2:     more decoder fine-tuning on frozen codes (norm_out learning faster), re-export.
-  6. tune:     sample prompts with a few sampling settings, read the images back with
+  5. tune:     sample prompts with a few sampling settings, read the images back with
                shapes.analyze, and store the best settings in config.json "sampling".
+dec and gpt only share the tokens, so on two cores they run best side by side, one thread each:
+
+    python3 tools/train/train.py --only codebook,tokens
+    python3 tools/train/train.py --resume --only dec &  python3 tools/train/train.py --resume --only gpt
+    python3 tools/train/train.py --resume             # both done: export and tune
+
 Export writes config.json, gpt.safetensors, vq.safetensors, text_vocab.txt, text.safetensors and
 grammar.json into a temp directory next to -o, then renames it into place.
 Losses go to stdout and to WORK/train.log.
@@ -39,6 +44,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))  # tools/, for convert_llamagen's safetensors writer
 
+import patches  # noqa: E402
 import shapes  # noqa: E402
 from model import GPTArgs, Transformer, VQArgs, VQModel  # noqa: E402
 from convert_llamagen import install_outdir, write_safetensors  # noqa: E402
@@ -51,15 +57,14 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 FULL = {
     "name": "zipar-shapes-64",
     "image_size": 64,
-    "vq": VQArgs(codebook_size=256, codebook_embed_dim=8, decoder_ch_mult=[1, 1, 2], z_channels=32, ch=32,
+    "vq": VQArgs(codebook_size=2048, codebook_embed_dim=16, decoder_ch_mult=[1, 1, 1], z_channels=64, ch=64,
                  num_res_blocks=0),
-    "gpt": GPTArgs(dim=192, n_layer=4, n_head=6, multiple_of=32, vocab_size=256, block_size=256, num_classes=1,
+    "gpt": GPTArgs(dim=192, n_layer=4, n_head=6, multiple_of=32, vocab_size=2048, block_size=256, num_classes=1,
                    class_dropout_prob=0.1, cls_token_num=shapes.MAX_WORDS, caption_dim=64),
-    "vq_steps": 1000, "vq_batch": 16, "vq_lr": 2e-3,
-    "dataset": 24000,
-    "dec_steps": 1000, "dec_lr": 1e-3, "dec_minutes": 12,
-    "dec2_steps": 2000, "dec2_lr": 5e-4, "dec2_minutes": 15, "dec2_norm_lr_mult": 10.0,
-    "gpt_steps": 3000, "gpt_batch": 32, "gpt_lr": 1e-3, "gpt_warmup": 100, "gpt_minutes": 50,
+    "codebook_scenes": 8000,
+    "dataset": 40000,
+    "dec_steps": 6000, "dec_batch": 16, "dec_lr": 2e-3, "dec_minutes": 60,
+    "gpt_steps": 3000, "gpt_batch": 32, "gpt_lr": 1e-3, "gpt_warmup": 100, "gpt_minutes": 60,
     "export_every": 200, "ckpt_every": 50, "log_every": 25,
     "tune_prompts": 64,
 }
@@ -67,14 +72,13 @@ FULL = {
 TINY = {
     "name": "zipar-shapes-tiny",
     "image_size": 32,
-    "vq": VQArgs(codebook_size=32, codebook_embed_dim=8, decoder_ch_mult=[1, 1, 2], z_channels=32, ch=32,
+    "vq": VQArgs(codebook_size=32, codebook_embed_dim=8, decoder_ch_mult=[1, 1, 1], z_channels=32, ch=32,
                  num_res_blocks=0),
     "gpt": GPTArgs(dim=32, n_layer=1, n_head=2, multiple_of=32, vocab_size=32, block_size=64, num_classes=1,
                    class_dropout_prob=0.1, cls_token_num=shapes.MAX_WORDS, caption_dim=16),
-    "vq_steps": 4, "vq_batch": 4, "vq_lr": 2e-3,
+    "codebook_scenes": 8,
     "dataset": 32,
-    "dec_steps": 2, "dec_lr": 1e-3,
-    "dec2_steps": 2, "dec2_lr": 5e-4, "dec2_norm_lr_mult": 10.0,
+    "dec_steps": 2, "dec_batch": 4, "dec_lr": 2e-3,
     "gpt_steps": 4, "gpt_batch": 4, "gpt_lr": 1e-3, "gpt_warmup": 2,
     "export_every": 2, "ckpt_every": 2, "log_every": 1,
     "tune_prompts": 2,
@@ -164,187 +168,41 @@ class TextEmbedding(torch.nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# Phase 1: VQ
+# Phase 1: codebook (the tokenizer, see patches.py)
 
 def batch_images(rng, n, size):
     scenes = [shapes.sample_scene(rng, size) for _ in range(n)]
     return np.stack([shapes.render(s) for s in scenes]), scenes
 
 
-def train_vq(cfg, work, log, resume, seed):
-    path = os.path.join(work, "vq.pt")
-    vq = VQModel(cfg["vq"])
-    opt = torch.optim.Adam(vq.parameters(), lr=cfg["vq_lr"], betas=(0.9, 0.99))
-    step, used = 0, 0.0
-    rng = np.random.default_rng(seed)
+def build_tokenizer(cfg, work, log, resume, seed):
+    path = os.path.join(work, "codebook.npz")
     if resume and os.path.exists(path):
-        ck = torch.load(path, weights_only=False)
-        vq.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        step, used = ck["step"], ck.get("elapsed", 0.0)
-        rng.bit_generator.state = ck["rng"]
-        if ck.get("done"):
-            log(f"vq: done at step {step} (resumed)")
-            return vq
-        log(f"vq: resuming at step {step}")
-    total, bs, size = cfg["vq_steps"], cfg["vq_batch"], cfg["image_size"]
-    n_e = cfg["vq"].codebook_size
-    usage = torch.zeros(n_e)
-    t0, s0 = time.time(), step
-    budget = Budget(total, cfg.get("vq_minutes"), used)
-    vq.train()
-    while budget.progress(step) < 1:
-        lr = cosine_lr(step, budget.progress(step), cfg["vq_lr"], max(1, total // 20), floor=0.05)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        imgs, _ = batch_images(rng, bs, size)
-        x = from_pixels(imgs)
-        rec, vq_loss, commit_loss, idx, zf = vq(x)
-        mse = F.mse_loss(rec, x)
-        l1 = (rec - x).abs().mean()
-        loss = mse + 0.2 * l1 + vq_loss + commit_loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vq.parameters(), 1.0)
-        opt.step()
-        usage += torch.bincount(idx.flatten(), minlength=n_e).float()
-        step += 1
-        # Restart dead codes from encoder outputs of the batch (LlamaGen's l2 codebook makes
-        # collapse rarer, but a small codebook trained briefly still loses entries).
-        restart_every = max(1, min(50, total // 10))
-        if step % restart_every == 0 and budget.progress(step) < 0.8:
-            dead = (usage == 0).nonzero().flatten()
-            if len(dead):
-                pick = torch.randint(0, zf.shape[0], (len(dead),))
-                with torch.no_grad():
-                    vq.quantize.embedding.weight[dead] = zf.detach()[pick] + 0.01 * torch.randn(len(dead), zf.shape[1])
-            used = int((usage > 0).sum())
-            usage.zero_()
-        else:
-            used = None
-        if step % cfg["log_every"] == 0 or step == total:
-            with torch.no_grad():
-                px_err = (to_pixels(rec.detach()).astype(np.int16) - imgs.astype(np.int16)).__abs__().mean()
-            msg = (f"vq step {step}/{total} loss {loss.item():.4f} mse {mse.item():.5f} l1 {l1.item():.4f} "
-                   f"vq {vq_loss.item():.4f} commit {commit_loss.item():.4f} px_err {px_err:.2f} lr {lr:.2e} "
-                   f"{(time.time() - t0) / max(1, step - s0):.2f}s/step")
-            if used is not None:
-                msg += f" codes_used {used}/{n_e}"
-            log(msg)
-        if step % (cfg["ckpt_every"] * 2) == 0:
-            save_atomic({"model": vq.state_dict(), "opt": opt.state_dict(), "step": step,
-                         "rng": rng.bit_generator.state, "done": False, "elapsed": budget.elapsed()}, path)
-    log(f"vq: {step} steps in {budget.elapsed() / 60:.1f} min")
-    vq.eval()
-    stats, imgs, px = vq_heldout(vq, cfg, seed, log, "vq")
-    stats["steps"] = step
-    save_atomic({"model": vq.state_dict(), "opt": opt.state_dict(), "step": step,
-                 "rng": rng.bit_generator.state, "done": True, "stats": stats, "elapsed": budget.elapsed()}, path)
-    shapes.write_png(os.path.join(work, "vq_recon.png"), shapes.contact_sheet(list(imgs[:16]) + list(px[:16])))
-    return vq
-
-
-def vq_heldout(vq, cfg, seed, log, what):
-    """Reconstructions of held-out scenes: pixel error and how many still match their prompt."""
-    ev_rng = np.random.default_rng(seed + 999)
-    n_ev = 64 if cfg["vq_steps"] >= 100 else 4
-    imgs, scenes = batch_images(ev_rng, n_ev, cfg["image_size"])
-    with torch.no_grad():
-        rec, _, _, idx, _ = vq(from_pixels(imgs))
-    px = to_pixels(rec)
-    err = np.abs(px.astype(np.int16) - imgs.astype(np.int16))
-    match = float(np.mean([shapes.prompt_matches(p, s["prompt"]) for p, s in zip(px, scenes)]))
-    codes = len(torch.unique(idx))
-    log(f"{what} held-out: mean |px err| {err.mean():.2f}, pixels off by >24: {(err.max(-1) > 24).mean() * 100:.2f}%, "
-        f"reconstructions matching their prompt {match * 100:.1f}%, distinct codes {codes}/{cfg['vq'].codebook_size}")
-    return {"px_err": round(float(err.mean()), 3), "rec_match": round(match, 3), "codes": codes}, imgs, px
-
-
-def object_weight(imgs):
-    """[B, 1, H, W] float: 1 on pixels that differ from the image's corner (background) colour,
-    grown by one pixel so that the edges count too."""
-    m = torch.from_numpy((imgs != imgs[:, :1, :1]).any(-1)).float()[:, None]
-    return F.max_pool2d(m, 3, stride=1, padding=1)
-
-
-def finetune_decoder(cfg, vq, work, log, resume, seed, phase="dec"):
-    """Phases 3 ("dec") and 5 ("dec2"): with the encoder and codebook frozen (so the GPT's tokens
-    stay valid), train post_quant_conv + decoder further on the codes of fresh scenes.
-    The final GroupNorm (norm_out) learns `{phase}_norm_lr_mult` times faster: with 32 channels in
-    32 groups it normalises every channel over the image, so flat colours that do not depend on
-    an object's area need large norm_out gains."""
-    path = os.path.join(work, f"{phase}.pt")
-    total = cfg[f"{phase}_steps"]
-    base_lr = cfg[f"{phase}_lr"]
-    mult = cfg.get(f"{phase}_norm_lr_mult", 1.0)
-    norm_params = list(vq.decoder.norm_out.parameters())
-    other = [p for p in vq.decoder.parameters() if all(p is not q for q in norm_params)]
-    other += list(vq.post_quant_conv.parameters())
-    params = other + norm_params
-    opt = torch.optim.Adam([{"params": other, "mult": 1.0}, {"params": norm_params, "mult": mult}],
-                           lr=base_lr, betas=(0.9, 0.99))
-    step, used = 0, 0.0
-    rng = np.random.default_rng(seed + (3 if phase == "dec" else 4))
-    if resume and os.path.exists(path):
-        ck = torch.load(path, weights_only=False)
-        vq.load_state_dict(ck["model"])
-        step, used = ck["step"], ck.get("elapsed", 0.0)
-        rng.bit_generator.state = ck["rng"]
-        done = ck.get("done") and Budget(total, cfg.get(f"{phase}_minutes"), used).progress(step) >= 1
-        if not done:
-            opt.load_state_dict(ck["opt"])
-        if done:
-            log(f"{phase} decoder fine-tune: done at step {step} (resumed)")
-            return ck.get("stats", {})
-        if ck.get("done"):
-            log(f"{phase} decoder fine-tune: extending a finished phase (larger budget)")
-        log(f"{phase} decoder fine-tune: resuming at step {step}")
-    if total <= 0:
-        return {}
-    t0, s0 = time.time(), step
-    budget = Budget(total, cfg.get(f"{phase}_minutes"), used)
-    vq.eval()  # no dropout/batch statistics anywhere; eval() only documents that the encoder is frozen
-    while budget.progress(step) < 1:
-        lr = cosine_lr(step, budget.progress(step), base_lr, max(1, total // 20), floor=0.05)
-        for g in opt.param_groups:
-            g["lr"] = lr * g["mult"]
-        imgs, _ = batch_images(rng, cfg["vq_batch"], cfg["image_size"])
-        x = from_pixels(imgs)
-        with torch.no_grad():
-            zq = vq.quant_conv(vq.encoder(x))
-            _, _, _, idx, _ = vq.quantize(zq)
-            zq = vq.quantize.lookup(idx, zq.shape)
-        rec = vq.decode(zq)
-        # Objects and their edges weigh 5x: they are a small part of each image but all of the prompt.
-        w = 1 + 4 * object_weight(imgs)
-        mse = (w * (rec - x) ** 2).mean() / w.mean()
-        l1 = (w * (rec - x).abs()).mean() / w.mean()
-        loss = mse + 0.2 * l1
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        step += 1
-        if step % cfg["log_every"] == 0 or step == total:
-            px_err = np.abs(to_pixels(rec.detach()).astype(np.int16) - imgs.astype(np.int16)).mean()
-            log(f"{phase} step {step}/{total} mse {mse.item():.5f} l1 {l1.item():.4f} px_err {px_err:.2f} "
-                f"lr {lr:.2e} {(time.time() - t0) / max(1, step - s0):.2f}s/step")
-        if step % (cfg["ckpt_every"] * 2) == 0:
-            save_atomic({"model": vq.state_dict(), "opt": opt.state_dict(), "step": step,
-                         "rng": rng.bit_generator.state, "done": False, "elapsed": budget.elapsed()}, path)
-    log(f"{phase} decoder fine-tune: {step} steps in {budget.elapsed() / 60:.1f} min")
-    stats, imgs, px = vq_heldout(vq, cfg, seed, log, f"{phase} decoder fine-tune")
-    stats["steps"] = step
-    save_atomic({"model": vq.state_dict(), "opt": opt.state_dict(), "step": step, "rng": rng.bit_generator.state,
-                 "done": True, "stats": stats, "elapsed": budget.elapsed()}, path)
-    shapes.write_png(os.path.join(work, f"{phase}_recon.png"), shapes.contact_sheet(list(imgs[:16]) + list(px[:16])))
-    return stats
+        d = np.load(path)
+        log(f"codebook: {len(d['patterns'])} patterns (resumed)")
+        return patches.Tokenizer(d["patterns"]), {k: float(d[k]) for k in ("coverage", "px_err", "rec_match")}
+    t0 = time.time()
+    K, size = cfg["vq"].codebook_size, cfg["image_size"]
+    pats, coverage = patches.build_codebook(np.random.default_rng(seed), cfg["codebook_scenes"], K, size)
+    tok = patches.Tokenizer(pats)
+    # Held-out: how much the tokenizer alone loses (codes painted back exactly, no decoder).
+    n_ev = 200 if cfg["codebook_scenes"] >= 1000 else 4
+    imgs, scenes = batch_images(np.random.default_rng(seed + 999), n_ev, size)
+    rec = tok.decode(tok.encode(imgs), size, size)
+    px_err = float((rec != imgs).any(-1).mean())
+    match = float(np.mean([shapes.prompt_matches(r, s["prompt"]) for r, s in zip(rec, scenes)]))
+    np.savez(path + ".tmp.npz", patterns=pats, coverage=coverage, px_err=px_err, rec_match=match)
+    os.replace(path + ".tmp.npz", path)
+    log(f"codebook: {K} patterns from {cfg['codebook_scenes']} scenes in {time.time() - t0:.0f}s; they cover "
+        f"{coverage * 100:.2f}% of the sampled patches exactly; held-out: {px_err * 100:.2f}% of pixels wrong, "
+        f"{match * 100:.1f}% of dictionary reconstructions match their prompt")
+    return tok, {"coverage": coverage, "px_err": px_err, "rec_match": match}
 
 
 # ---------------------------------------------------------------------------------------------
 # Phase 2: tokens
 
-def make_tokens(cfg, vq, work, log, resume, seed):
+def make_tokens(cfg, tok, work, log, resume, seed):
     path = os.path.join(work, "tokens.npz")
     if resume and os.path.exists(path):
         d = np.load(path)
@@ -354,18 +212,15 @@ def make_tokens(cfg, vq, work, log, resume, seed):
     rng = np.random.default_rng(seed + 1)
     toks, ids, masks = [], [], []
     t0 = time.time()
-    vq.eval()
-    chunk = 64
+    chunk = 256
     for start in range(0, n, chunk):
         imgs, scenes = batch_images(rng, min(chunk, n - start), size)
-        with torch.no_grad():
-            _, _, _, idx, _ = vq.encode(from_pixels(imgs))
-        toks.append(idx.numpy().astype(np.int16))
+        toks.append(tok.encode(imgs).astype(np.int16))
         for s in scenes:
             i, m = encode_prompt(s["prompt"], T)
             ids.append(i)
             masks.append(m)
-        if (start // chunk) % 100 == 0:
+        if (start // chunk) % 20 == 0:
             log(f"tokens: {start + len(scenes)}/{n} ({time.time() - t0:.0f}s)")
     tokens = np.concatenate(toks)
     ids, masks = np.array(ids, np.int16), np.array(masks, bool)
@@ -377,7 +232,116 @@ def make_tokens(cfg, vq, work, log, resume, seed):
 
 
 # ---------------------------------------------------------------------------------------------
-# Phase 3: GPT
+# Phase 3: decoder
+
+def new_decoder(cfg, tok, seed):
+    """LlamaGen VQModel whose codebook starts from the patterns (patches.Tokenizer.embedding_init);
+    only quantize.embedding, post_quant_conv and decoder are trained and exported."""
+    torch.manual_seed(seed)
+    vq = VQModel(cfg["vq"])
+    with torch.no_grad():
+        vq.quantize.embedding.weight.copy_(torch.from_numpy(tok.embedding_init(cfg["vq"].codebook_embed_dim, seed)))
+    return vq
+
+
+def load_decoder(cfg, tok, work, seed):
+    """The latest decoder checkpoint (the dec phase may still be running in another process)."""
+    vq = new_decoder(cfg, tok, seed)
+    path = os.path.join(work, "dec.pt")
+    if os.path.exists(path):
+        vq.load_state_dict(torch.load(path, weights_only=False)["model"])
+    return vq.eval()
+
+
+def decoder_params(vq):
+    return list(vq.quantize.parameters()) + list(vq.post_quant_conv.parameters()) + list(vq.decoder.parameters())
+
+
+def decoder_heldout(vq, tok, cfg, seed, log, what):
+    """Decoded codes of held-out scenes: pixel error and how many still match their prompt."""
+    n_ev = 64 if cfg["dec_steps"] >= 100 else 4
+    size = cfg["image_size"]
+    imgs, scenes = batch_images(np.random.default_rng(seed + 999), n_ev, size)
+    codes = torch.from_numpy(tok.encode(imgs))
+    with torch.no_grad():
+        px = to_pixels(vq.decode_code(codes, size // patches.P))
+    err = np.abs(px.astype(np.int16) - imgs.astype(np.int16))
+    match = float(np.mean([shapes.prompt_matches(p, s["prompt"]) for p, s in zip(px, scenes)]))
+    log(f"{what} held-out: mean |px err| {err.mean():.2f}, pixels off by >24: {(err.max(-1) > 24).mean() * 100:.2f}%, "
+        f"decoded images matching their prompt {match * 100:.1f}%")
+    return {"px_err": round(float(err.mean()), 3), "rec_match": round(match, 3)}, imgs, px
+
+
+def object_weight(imgs):
+    """[B, 1, H, W] float: 1 on pixels that differ from the image's corner (background) colour,
+    grown by one pixel so that the edges count too."""
+    m = torch.from_numpy((imgs != imgs[:, :1, :1]).any(-1)).float()[:, None]
+    return F.max_pool2d(m, 3, stride=1, padding=1)
+
+
+def train_decoder(cfg, tok, work, log, resume, seed):
+    """codes of fresh scenes -> LlamaGen decoder -> the scene's pixels. The codes are fixed
+    (patches.py), so this is plain supervised learning and can run next to the GPT phase."""
+    path = os.path.join(work, "dec.pt")
+    vq = new_decoder(cfg, tok, seed)
+    params = decoder_params(vq)
+    opt = torch.optim.Adam(params, lr=cfg["dec_lr"], betas=(0.9, 0.99))
+    step, used = 0, 0.0
+    rng = np.random.default_rng(seed + 3)
+    total = cfg["dec_steps"]
+    if resume and os.path.exists(path):
+        ck = torch.load(path, weights_only=False)
+        vq.load_state_dict(ck["model"])
+        step, used = ck["step"], ck.get("elapsed", 0.0)
+        rng.bit_generator.state = ck["rng"]
+        if ck.get("done") and Budget(total, cfg.get("dec_minutes"), used).progress(step) >= 1:
+            log(f"dec: done at step {step} (resumed)")
+            return vq.eval(), ck.get("stats", {})
+        opt.load_state_dict(ck["opt"])
+        log(f"dec: resuming at step {step}")
+    t0, s0 = time.time(), step
+    budget = Budget(total, cfg.get("dec_minutes"), used)
+    size = cfg["image_size"]
+    vq.train()
+
+    def checkpoint(done, stats=None):
+        save_atomic({"model": vq.state_dict(), "opt": opt.state_dict(), "step": step, "rng": rng.bit_generator.state,
+                     "done": done, "stats": stats or {}, "elapsed": budget.elapsed()}, path)
+
+    while budget.progress(step) < 1:
+        lr = cosine_lr(step, budget.progress(step), cfg["dec_lr"], max(1, total // 50), floor=0.05)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        imgs, _ = batch_images(rng, cfg["dec_batch"], size)
+        x = from_pixels(imgs)
+        rec = vq.decode_code(torch.from_numpy(tok.encode(imgs)), size // patches.P)
+        # Objects and their edges weigh 5x: they are a small part of each image but all of the prompt.
+        w = 1 + 4 * object_weight(imgs)
+        mse = (w * (rec - x) ** 2).mean() / w.mean()
+        l1 = (w * (rec - x).abs()).mean() / w.mean()
+        loss = mse + 0.5 * l1
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        if step % cfg["log_every"] == 0 or step == total:
+            px_err = np.abs(to_pixels(rec.detach()).astype(np.int16) - imgs.astype(np.int16)).mean()
+            log(f"dec step {step}/{total} mse {mse.item():.5f} l1 {l1.item():.4f} px_err {px_err:.2f} "
+                f"lr {lr:.2e} {(time.time() - t0) / max(1, step - s0):.2f}s/step")
+        if step % cfg["ckpt_every"] == 0:
+            checkpoint(False)
+    vq.eval()
+    log(f"dec: {step} steps in {budget.elapsed() / 60:.1f} min")
+    stats, imgs, px = decoder_heldout(vq, tok, cfg, seed, log, "dec")
+    stats["steps"] = step
+    checkpoint(True, stats)
+    shapes.write_png(os.path.join(work, "dec_recon.png"), shapes.contact_sheet(list(imgs[:16]) + list(px[:16])))
+    return vq, stats
+
+
+# ---------------------------------------------------------------------------------------------
+# Phase 4: GPT
 
 class EMA:
     def __init__(self, modules, decay):
@@ -404,7 +368,7 @@ def param_groups(modules, wd):
     return [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def train_gpt(cfg, vq, data, work, out, log, resume, seed, export_fn):
+def train_gpt(cfg, data, work, out, log, resume, seed, export_fn):
     tokens, ids, masks = data
     path = os.path.join(work, "gpt.pt")
     torch.manual_seed(seed)
@@ -543,7 +507,7 @@ def load_model_dir(path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Phase 4: sampling and tuning
+# Phase 5: sampling and tuning
 
 def eval_prompts(rng, n):
     """Half single-object, half two-object prompts; backgrounds named half of the time."""
@@ -598,79 +562,80 @@ def tune_sampling(out, cfg, log, seed, grid):
 
 # ---------------------------------------------------------------------------------------------
 
+PHASES = ("codebook", "tokens", "dec", "gpt", "tune")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-o", "--out", default=os.path.join(REPO, "models", "default"), help="model directory to write")
     ap.add_argument("--work", help="checkpoints and log (default: /tmp/zipar-train, or a temp dir with --tiny)")
     ap.add_argument("--tiny", action="store_true", help="a handful of steps on a tiny config (seconds)")
     ap.add_argument("--resume", action="store_true", help="continue from the checkpoints in --work")
+    ap.add_argument("--only", help=f"comma-separated phases to run ({','.join(PHASES)}); the codebook is always "
+                                   "loaded or built. Checkpoints of other phases are kept.")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--vq-steps", type=int)
     ap.add_argument("--gpt-steps", type=int)
+    ap.add_argument("--dec-steps", type=int, help="decoder training steps")
     ap.add_argument("--dataset", type=int, help="number of tokenised training scenes")
-    ap.add_argument("--dec-steps", type=int, help="decoder fine-tuning steps on frozen codes (before the GPT)")
-    ap.add_argument("--dec2-steps", type=int, help="more decoder fine-tuning steps after the GPT")
-    for ph in ("vq", "gpt", "dec", "dec2"):
+    for ph in ("gpt", "dec"):
         ap.add_argument(f"--{ph}-minutes", type=float,
                         help=f"time budget of the {ph} phase: it stops at its steps or after this many minutes, "
                              "whichever comes first, with the learning-rate schedule following the larger fraction")
     ap.add_argument("--export-every", type=int, help="export the EMA model every N GPT steps")
     ap.add_argument("--no-tune", action="store_true", help="skip the sampling-settings search")
     args = ap.parse_args(argv)
+    phases = set(PHASES) if not args.only else set(args.only.split(","))
+    if not phases <= set(PHASES):
+        ap.error(f"--only takes phases from {', '.join(PHASES)}, got {args.only}")
+    if args.no_tune:
+        phases.discard("tune")
 
     torch.set_num_threads(max(1, args.threads))
     cfg = dict(TINY if args.tiny else FULL)
-    for k, a in (("vq_steps", args.vq_steps), ("gpt_steps", args.gpt_steps), ("dataset", args.dataset), ("dec_steps", args.dec_steps),
-                 ("vq_minutes", args.vq_minutes), ("gpt_minutes", args.gpt_minutes), ("dec_minutes", args.dec_minutes),
-                 ("dec2_steps", args.dec2_steps), ("dec2_minutes", args.dec2_minutes),
-                 ("export_every", args.export_every)):
+    for k, a in (("gpt_steps", args.gpt_steps), ("dataset", args.dataset), ("dec_steps", args.dec_steps),
+                 ("gpt_minutes", args.gpt_minutes), ("dec_minutes", args.dec_minutes), ("export_every", args.export_every)):
         if a is not None:
             cfg[k] = a
     work = args.work or (tempfile.mkdtemp(prefix="zipar-train-tiny-") if args.tiny else "/tmp/zipar-train")
     os.makedirs(work, exist_ok=True)
     cfg["work"] = work
-    if not args.resume:
-        for f in ("vq.pt", "tokens.npz", "gpt.pt", "dec.pt", "dec2.pt"):
+    if not args.resume and not args.only:
+        for f in ("codebook.npz", "tokens.npz", "gpt.pt", "dec.pt"):
             if os.path.exists(os.path.join(work, f)):
                 os.remove(os.path.join(work, f))
     log = Logger(os.path.join(work, "train.log"))
     t_start = time.time()
-    log(f"train.py {'--tiny ' if args.tiny else ''}threads {torch.get_num_threads()} work {work} out {args.out}")
+    log(f"train.py {'--tiny ' if args.tiny else ''}threads {torch.get_num_threads()} work {work} out {args.out} "
+        f"phases {','.join(p for p in PHASES if p in phases)}")
     log(f"vq {cfg['vq'].config_json()}")
     log(f"gpt {cfg['gpt'].config_json()}")
 
-    vq = train_vq(cfg, work, log, args.resume, args.seed)
-    t_vq = time.time() - t_start
-    data = make_tokens(cfg, vq, work, log, args.resume, args.seed)
-    t_tok = time.time() - t_start - t_vq
-    default_sampling = {"cfg_scale": 3.0, "top_k": 0, "top_p": 1.0, "temperature": 1.0}
-    vq_stats = torch.load(os.path.join(work, "vq.pt"), weights_only=False).get("stats", {})
-    info_base = {"image_size": cfg["image_size"], "dataset": int(len(data[0])), "vq_steps": cfg["vq_steps"],
-                 "vq_batch": cfg["vq_batch"], "gpt_batch": cfg["gpt_batch"], "vq_heldout": vq_stats}
+    tok, tok_stats = build_tokenizer(cfg, work, log, args.resume or bool(args.only), args.seed)
+    data = None
+    if phases & {"tokens", "gpt"}:
+        data = make_tokens(cfg, tok, work, log, args.resume or "tokens" not in phases, args.seed)
+    info_base = {"image_size": cfg["image_size"], "dataset": cfg["dataset"], "gpt_batch": cfg["gpt_batch"],
+                 "dec_batch": cfg["dec_batch"], "tokenizer": {k: round(v, 4) for k, v in tok_stats.items()}}
+    if "dec" in phases:
+        _, dec_stats = train_decoder(cfg, tok, work, log, args.resume, args.seed)
+    if "gpt" not in phases:
+        return
 
     def export_fn(gpt_sd, text_sd, info, sampling=None):
-        export_model(args.out, cfg, vq, gpt_sd, text_sd, sampling or default_sampling,
-                     {**info_base, **info, "minutes": round((time.time() - t_start) / 60, 1)})
+        # The decoder as of now: with --only gpt the dec phase may still be training next door.
+        vq = load_decoder(cfg, tok, work, args.seed)
+        dec_ck = os.path.join(work, "dec.pt")
+        dec = torch.load(dec_ck, weights_only=False) if os.path.exists(dec_ck) else {}
+        dec_info = {"steps": dec.get("step", 0), "done": bool(dec.get("done")), **dec.get("stats", {})}
+        export_model(args.out, cfg, vq, gpt_sd, text_sd, sampling or {"cfg_scale": 3.0, "top_k": 0, "top_p": 1.0,
+                                                                     "temperature": 1.0},
+                     {**info_base, "decoder": dec_info, **info, "minutes": round((time.time() - t_start) / 60, 1)})
 
-    t0 = time.time()
-    dec_stats = finetune_decoder(cfg, vq, work, log, args.resume, args.seed)
-    t_dec = time.time() - t0
-    if dec_stats:
-        info_base["decoder_finetune"] = {"steps": dec_stats.get("steps"), "heldout": dec_stats}
-    t0 = time.time()
-    shadow = train_gpt(cfg, vq, data, work, args.out, log, args.resume, args.seed, export_fn)
-    t_gpt = time.time() - t0
+    shadow = train_gpt(cfg, data, work, args.out, log, args.resume, args.seed, export_fn)
     ck = torch.load(os.path.join(work, "gpt.pt"), weights_only=False)
     info = {"gpt_steps": ck["step"], "gpt_loss": round(ck["loss"], 4)}
-    t0 = time.time()
-    dec2_stats = finetune_decoder(cfg, vq, work, log, args.resume, args.seed, phase="dec2")
-    t_dec += time.time() - t0
-    if dec2_stats:
-        info_base["decoder_finetune2"] = {"steps": dec2_stats.get("steps"), "heldout": dec2_stats}
-        export_fn(shadow[0], shadow[1], info)
-        log(f"dec2: exported to {args.out}")
-    if not args.no_tune:
+    if "tune" in phases:
         grid = TINY_TUNE_GRID if args.tiny else TUNE_GRID
         sampling, results, acc = tune_sampling(args.out, cfg, log, args.seed, grid)
         info["tune"] = {"prompts": cfg["tune_prompts"], "accuracy": round(float(acc), 3),
@@ -680,8 +645,7 @@ def main(argv=None):
                                      "two": round(r["two"], 3)} for r in results]}
         export_fn(shadow[0], shadow[1], info, sampling)
         log(f"tune: best sampling {sampling}; exported to {args.out}")
-    log(f"done in {(time.time() - t_start) / 60:.1f} min (vq {t_vq / 60:.1f}, tokens {t_tok / 60:.1f}, "
-        f"gpt {t_gpt / 60:.1f}, decoder {t_dec / 60:.1f})")
+    log(f"done in {(time.time() - t_start) / 60:.1f} min")
 
 
 if __name__ == "__main__":
