@@ -111,12 +111,12 @@ public final class GPT {
     }
 
     public var parameterCount: Int {
-        var n = tok_embeddings.count + norm.count + output.weight.count
+        var n = tok_embeddings.count + norm.count + output.parameterCount
         n += cls_embedding_table?.count ?? 0
-        n += (uncond_embedding?.count ?? 0) + (cap_proj_fc1?.weight.count ?? 0) + (cap_proj_fc2?.weight.count ?? 0)
+        n += (uncond_embedding?.count ?? 0) + (cap_proj_fc1?.parameterCount ?? 0) + (cap_proj_fc2?.parameterCount ?? 0)
         for l in layers {
             n += l.attention_norm.count + l.ffn_norm.count
-            n += l.wqkv.weight.count + l.wo.weight.count + l.w1.weight.count + l.w2.weight.count + l.w3.weight.count
+            n += l.wqkv.parameterCount + l.wo.parameterCount + l.w1.parameterCount + l.w2.parameterCount + l.w3.parameterCount
         }
         return n
     }
