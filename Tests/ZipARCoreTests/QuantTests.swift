@@ -90,3 +90,91 @@ final class DGQFixtureTests: XCTestCase {
         }
     }
 }
+
+/// The integer kernels on every level this CPU has, against plain integer arithmetic.
+final class QuantKernelTests: XCTestCase {
+    static func randomDGQ(rows n: Int, cols k: Int, group G: Int, rng: inout RNG) -> DGQWeight {
+        let ng = k / G
+        var codes = [UInt8](repeating: 0, count: n * k), S = [Int8](repeating: 1, count: n * ng), Z = S
+        for j in 0..<n {
+            for g in 0..<ng {
+                let s = Int(rng.next() % 18) + 1, z = Int(rng.next() % 16)
+                S[j * ng + g] = Int8(s); Z[j * ng + g] = Int8(z)
+                let im = 127 / s
+                for c in 0..<G { codes[j * k + g * G + c] = UInt8(min(max(Int(rng.next() % 16), max(z - im, 0)), min(z + im, 15))) }
+            }
+        }
+        return DGQWeight(rows: n, cols: k, groupSize: G, codes: codes, scales: S, zeros: Z,
+                         rowScales: (0..<n).map { _ in abs(rng.nextNormal()) * 0.01 + 1e-4 })
+    }
+
+    func check(_ lin: QuantizedLinear, m: Int, rng: inout RNG, label: String) {
+        let k = lin.inFeatures, n = lin.outFeatures
+        let x = Tensor(shape: [m, k])
+        for i in 0..<x.count { x[i] = rng.nextNormal() * (i % 7 == 0 ? 5 : 1) }
+        var wantAcc = [Int32](repeating: 0, count: m * n), wantXq = [Int8](repeating: 0, count: m * k), sx = [Float](repeating: 0, count: m)
+        for i in 0..<m {
+            var amax: Float = 0
+            for p in 0..<k { amax = max(amax, abs(x[i * k + p])) }
+            sx[i] = lin.inputScale ?? max(amax, 1e-5) / 127
+            for p in 0..<k { wantXq[i * k + p] = Int8(min(max((x[i * k + p] / sx[i]).rounded(.toNearestOrEven), -128), 127)) }
+            for j in 0..<n {
+                var a = 0
+                for p in 0..<k { a += Int(wantXq[i * k + p]) * lin.w8(j, p) }
+                wantAcc[i * n + j] = Int32(a)
+            }
+        }
+        let rowScales = lin.rowScales
+        for level in (0...Int(ck_qkernel_level())).reversed() {
+            ck_qkernel_force(Int32(level))
+            let y = Tensor(shape: [m, n])
+            var acc = [Int32](repeating: 0, count: m * n)
+            let xq = lin.apply(x.data, rows: m, into: y.data, accumulators: &acc)
+            XCTAssertEqual(xq, wantXq, "\(label) level \(level)")
+            XCTAssertEqual(acc, wantAcc, "\(label) level \(level)")
+            var bad = 0
+            for i in 0..<m { for j in 0..<n where y[i * n + j] != Float(wantAcc[i * n + j]) * (rowScales[j] * sx[i]) { bad += 1 } }
+            XCTAssertEqual(bad, 0, "\(label) level \(level): outputs differ from float(acc) * (s8 * sx)")
+            // The plain entry point gives the same outputs.
+            let y2 = Tensor(shape: [m, n])
+            lin.apply(x.data, rows: m, into: y2.data)
+            XCTAssertEqual(y2.array, y.array, "\(label) level \(level)")
+        }
+        ck_qkernel_force(-1)
+    }
+
+    func testW4KernelsMatchIntegerReference() {
+        var rng = RNG(seed: 11)
+        defer { ck_qkernel_force(-1) }
+        for (m, k, n, G) in [(1, 128, 16, 128), (2, 256, 37, 128), (3, 96, 20, 32), (6, 512, 50, 128), (9, 192, 33, 96), (17, 64, 8, 8), (30, 128, 70, 64), (40, 256, 24, 128)] {
+            let w = Self.randomDGQ(rows: n, cols: k, group: G, rng: &rng)
+            check(QuantizedLinear(dgq: w, inputScale: nil), m: m, rng: &rng, label: "w4 dynamic m=\(m) k=\(k) n=\(n) G=\(G)")
+            check(QuantizedLinear(dgq: w, inputScale: 0.02), m: m, rng: &rng, label: "w4 static m=\(m) k=\(k) n=\(n) G=\(G)")
+        }
+    }
+
+    func testW8KernelsMatchIntegerReference() {
+        var rng = RNG(seed: 12)
+        defer { ck_qkernel_force(-1) }
+        for (m, k, n) in [(1, 64, 16), (2, 768, 37), (5, 100, 9), (8, 256, 48), (13, 132, 31), (33, 64, 17)] {
+            let w = Tensor(shape: [n, k])
+            for i in 0..<w.count { w[i] = rng.nextNormal() * 0.05 }
+            let lin = QuantizedLinear.w8a8(weight: w.data, rows: n, cols: k)
+            // Per-channel symmetric rule: the largest weight of each row maps to +-127.
+            for j in 0..<n { XCTAssertEqual((0..<k).map { abs(lin.w8(j, $0)) }.max(), 127) }
+            let dq = lin.dequantized()
+            for i in 0..<w.count { XCTAssertLessThanOrEqual(abs(dq[i] - w[i]), lin.rowScales[i / k] * 0.5001) }
+            check(lin, m: m, rng: &rng, label: "w8 m=\(m) k=\(k) n=\(n)")
+        }
+    }
+
+    func testDGQWeightLayoutRoundTrips() {
+        var rng = RNG(seed: 13)
+        let w = Self.randomDGQ(rows: 21, cols: 256, group: 64, rng: &rng)
+        let lin = QuantizedLinear(dgq: w, inputScale: nil)
+        let back = lin.dgqWeight!
+        XCTAssertEqual(back.codes, w.codes); XCTAssertEqual(back.scales, w.scales); XCTAssertEqual(back.zeros, w.zeros)
+        XCTAssertEqual(back.rowScales, w.rowScales)
+        XCTAssertEqual(lin.dequantized().array, w.dequantized())
+    }
+}

@@ -120,11 +120,13 @@ public enum DGQ {
         precondition(w.count == n * k && x.count == T * k && k % G == 0)
         let ng = k / G
         var p1s = [Float](repeating: 1, count: n * ng), p1z = [Float](repeating: 1, count: n * ng), p1i = [Int](repeating: -1, count: n * ng)
+        // Scratch as raw buffers: the element loops run split across workers (rows are independent).
+        func buf(_ c: Int) -> UnsafeMutablePointer<Float> { let p = UnsafeMutablePointer<Float>.allocate(capacity: max(c, 1)); p.initialize(repeating: 0, count: max(c, 1)); return p }
+        let xg = buf(T * G), wt = buf(n * G), d = buf(n * k), out = buf(T * n), sv = buf(n), zv = buf(n), mn = buf(n), mx = buf(n)
+        defer { for p in [xg, wt, d, out, sv, zv, mn, mx] { p.deallocate() } }
+        let chunks = n * k >= 1 << 16 ? 4 * Parallel.threads : 1
 
         // Phase 1, one group at a time.
-        var xg = [Float](repeating: 0, count: T * G)
-        var wt = [Float](repeating: 0, count: n * G), d = [Float](repeating: 0, count: n * G), out = [Float](repeating: 0, count: T * n)
-        var mn = [Float](repeating: 0, count: n), mx = [Float](repeating: 0, count: n)
         for g in 0..<ng {
             for t in 0..<T { for c in 0..<G { xg[t * G + c] = x[t * k + g * G + c] } }
             for j in 0..<n {
@@ -135,24 +137,28 @@ public enum DGQ {
             var best = [Float](repeating: .infinity, count: n)
             for i in 0..<phase1Candidates {
                 let r = phase1Ratio(i)
-                var sv = [Float](repeating: 0, count: n), zv = sv
-                for j in 0..<n {
-                    let lo = mn[j] * r, hi = mx[j] * r
-                    var s = (hi - lo) / 15
-                    // Guard (not in the official code): a constant group has range 0; any positive step
-                    // then represents it (the value itself or 0 lies on the grid).
-                    if !(s > 0) { s = max(abs(lo), 1e-8) / 7 }
-                    let z = rne((-mn[j]) * r / s)
-                    sv[j] = s; zv[j] = z
-                    for c in 0..<G {
-                        // The clamped weight carries over from one candidate to the next, as in the official loop.
-                        let v = min(max(wt[j * G + c], lo), hi)
-                        wt[j * G + c] = v
-                        let q = min(max(rne(v / s) + z, 0), 15)
-                        d[j * G + c] = w[j * k + g * G + c] - s * (q - z)
+                w.withUnsafeBufferPointer { wp in
+                    Parallel.run(chunks: chunks) { part, parts, _ in
+                        for j in Parallel.range(part, of: parts, n: n) {
+                            let lo = mn[j] * r, hi = mx[j] * r
+                            var s = (hi - lo) / 15
+                            // Guard (not in the official code): a constant group has range 0; any positive step
+                            // then represents it (the value itself or 0 lies on the grid).
+                            if !(s > 0) { s = max(abs(lo), 1e-8) / 7 }
+                            let z = rne((-mn[j]) * r / s)
+                            sv[j] = s; zv[j] = z
+                            let wrow = wp.baseAddress! + j * k + g * G
+                            for c in 0..<G {
+                                // The clamped weight carries over from one candidate to the next, as in the official loop.
+                                let v = min(max(wt[j * G + c], lo), hi)
+                                wt[j * G + c] = v
+                                let q = min(max(rne(v / s) + z, 0), 15)
+                                d[j * G + c] = wrow[c] - s * (q - z)
+                            }
+                        }
                     }
                 }
-                let mse = rowMSE(x: xg, tokens: T, cols: G, diff: d, rows: n, out: &out)
+                let mse = rowMSE(x: xg, tokens: T, cols: G, diff: d, rows: n, out: out)
                 for j in 0..<n where best[j] > mse[j] {
                     best[j] = mse[j]; p1s[j * ng + g] = BF16.round(sv[j]); p1z[j * ng + g] = zv[j]; p1i[j * ng + g] = i
                 }
@@ -163,30 +169,32 @@ public enum DGQ {
         var amax = [Float](repeating: 0, count: n)
         for j in 0..<n { for p in 0..<k { amax[j] = max(amax[j], abs(w[j * k + p])) } }
         var best = [Float](repeating: .infinity, count: n), s8 = [Float](repeating: 0, count: n), p2i = [Int](repeating: -1, count: n)
-        var dfull = [Float](repeating: 0, count: n * k), outFull = [Float](repeating: 0, count: T * n)
         for i in 0..<phase2Candidates {
             let r = phase2Ratio(i)
-            var cand = [Float](repeating: 0, count: n)
-            for j in 0..<n {
-                let wmax = amax[j] * r
-                let sc8 = wmax / 127
-                cand[j] = sc8
-                for g in 0..<ng {
-                    let S = max(1, rne(p1s[j * ng + g] / sc8))
-                    let im = (127 / S).rounded(.down)
-                    let z = p1z[j * ng + g]
-                    let upper = min(z + im, 15), lower = max(z - im, 0)
-                    let sq = S * sc8
-                    for c in 0..<G {
-                        let p = g * G + c
-                        let v = min(max(w[j * k + p], -wmax), wmax)
-                        let q = min(max(rne(v / sq) + z, lower), upper)
-                        dfull[j * k + p] = w[j * k + p] - sq * (q - z)
+            w.withUnsafeBufferPointer { wp in p1s.withUnsafeBufferPointer { p1sp in p1z.withUnsafeBufferPointer { p1zp in
+                Parallel.run(chunks: chunks) { part, parts, _ in
+                    for j in Parallel.range(part, of: parts, n: n) {
+                        let wmax = amax[j] * r
+                        let sc8 = wmax / 127
+                        sv[j] = sc8
+                        for g in 0..<ng {
+                            let S = max(1, rne(p1sp[j * ng + g] / sc8))
+                            let im = (127 / S).rounded(.down)
+                            let z = p1zp[j * ng + g]
+                            let upper = min(z + im, 15), lower = max(z - im, 0)
+                            let sq = S * sc8
+                            let wrow = wp.baseAddress! + j * k + g * G, drow = d + j * k + g * G
+                            for c in 0..<G {
+                                let v = min(max(wrow[c], -wmax), wmax)
+                                let q = min(max(rne(v / sq) + z, lower), upper)
+                                drow[c] = wrow[c] - sq * (q - z)
+                            }
+                        }
                     }
                 }
-            }
-            let mse = rowMSE(x: x, tokens: T, cols: k, diff: dfull, rows: n, out: &outFull)
-            for j in 0..<n where best[j] > mse[j] { best[j] = mse[j]; s8[j] = BF16.round(cand[j]); p2i[j] = i }
+            } } }
+            let mse = x.withUnsafeBufferPointer { rowMSE(x: $0.baseAddress!, tokens: T, cols: k, diff: d, rows: n, out: out) }
+            for j in 0..<n where best[j] > mse[j] { best[j] = mse[j]; s8[j] = BF16.round(sv[j]); p2i[j] = i }
         }
 
         // Final requantization with bf16 tensors: bf16 rounding after every scale operation.
@@ -222,10 +230,9 @@ public enum DGQ {
     }
 
     /// mean over tokens of (x · dᵀ)² per row of d: the output MSE of a weight error d [rows, cols].
-    static func rowMSE(x: [Float], tokens T: Int, cols k: Int, diff d: [Float], rows n: Int, out: inout [Float]) -> [Float] {
-        x.withUnsafeBufferPointer { xp in d.withUnsafeBufferPointer { dp in out.withUnsafeMutableBufferPointer { op in
-            BLAS.matmulNT(xp.baseAddress!, dp.baseAddress!, op.baseAddress!, m: T, k: k, n: n)
-        } } }
+    static func rowMSE(x: UnsafePointer<Float>, tokens T: Int, cols k: Int, diff d: UnsafePointer<Float>, rows n: Int,
+                       out: UnsafeMutablePointer<Float>) -> [Float] {
+        BLAS.matmulNT(x, d, out, m: T, k: k, n: n)
         var mse = [Double](repeating: 0, count: n)
         for t in 0..<T { for j in 0..<n { let v = Double(out[t * n + j]); mse[j] += v * v } }
         return mse.map { Float($0 / Double(T)) }
