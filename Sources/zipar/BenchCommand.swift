@@ -251,7 +251,7 @@ struct BenchCommand: ParsableCommand {
             CalibrationSample(condition: c.isT2I ? .caption(features: gpt.uncond_embedding!, mask: Array(repeating: true, count: c.cls_token_num)) : .classLabel(0),
                               tokens: (0..<c.block_size).map { _ in Int(rng.next() % UInt64(c.vocab_size)) })
         }
-        try ModelQuantizer.quantize(gpt, settings: settings, samples: samples)
+        try ModelQuantizer.quantize(gpt, settings: settings, samples: samples, log: json ? nil : { eprint($0) })
     }
 }
 

@@ -178,3 +178,153 @@ final class QuantKernelTests: XCTestCase {
         XCTAssertEqual(lin.dequantized().array, w.dequantized())
     }
 }
+
+/// Whole-model quantization on the tiny c2i fixture model: quality against fp32, the file format
+/// round trip (bit-identical outputs after save + load), determinism, and the CLI's errors.
+final class ModelQuantizeTests: XCTestCase {
+    func tinyGPT() throws -> GPT {
+        let cfg = try GPTConfig(json: try Fixtures.json("llamagen/gpt_c2i_tiny.config.json"))
+        return try GPT(config: cfg, weights: try Fixtures.safetensors("llamagen/gpt_c2i_tiny.weights.safetensors"))
+    }
+
+    func samples(_ gpt: GPT, count: Int, seed: UInt64) -> [CalibrationSample] {
+        var rng = RNG(seed: seed)
+        let c = gpt.config
+        return (0..<count).map { _ in
+            CalibrationSample(condition: .classLabel(Int(rng.next() % UInt64(c.num_classes))),
+                              tokens: (0..<c.block_size).map { _ in Int(rng.next() % UInt64(c.vocab_size)) })
+        }
+    }
+
+    /// Logits of every position of one teacher-forced sequence (cond batch only).
+    func logits(_ gpt: GPT, _ s: CalibrationSample) throws -> [Float] {
+        let c = gpt.config, L = c.cls_token_num + c.block_size - 1
+        let state = ForwardState(config: c, maxRows: L, slots: gpt.sequenceLength)
+        let cache = gpt.makeCache(batch: 1)
+        guard case .classLabel(let label) = s.condition else { return [] }
+        try gpt.embedClass(label, into: state.input(0))
+        for i in 0..<(c.block_size - 1) { gpt.embedToken(s.tokens[i], into: state.input(c.cls_token_num + i)) }
+        gpt.forward(state: state, cache: cache, positions: Array(0..<L), batchOf: [Int](repeating: 0, count: L),
+                    visibility: AttentionVisibility(), logitRows: Array(0..<L))
+        return Array(UnsafeBufferPointer(start: state.logits(0), count: L * c.vocab_size))
+    }
+
+    func relErr(_ a: [Float], _ b: [Float]) -> Float {
+        var num: Double = 0, den: Double = 0
+        for i in a.indices { num += Double(a[i] - b[i]) * Double(a[i] - b[i]); den += Double(b[i]) * Double(b[i]) }
+        return Float((num / den).squareRoot())
+    }
+
+    func testQuantizedLogitsStayCloseToFP32() throws {
+        let ref = try tinyGPT()
+        let test = samples(ref, count: 1, seed: 99)[0]
+        let want = try logits(ref, test)
+        var errs: [String: Float] = [:]
+        for (scheme, staticAct) in [(WeightScheme.w8a8, false), (.w4a8dgq, true), (.w4a8dgq, false)] {
+            let gpt = try tinyGPT()
+            var s = QuantizeSettings(scheme: scheme)
+            s.staticActivations = staticAct
+            try ModelQuantizer.quantize(gpt, settings: s, samples: samples(gpt, count: 4, seed: 1))
+            XCTAssertEqual(gpt.weightScheme, scheme)
+            XCTAssertEqual(gpt.output.scheme, .w8a8)
+            XCTAssertLessThan(gpt.streamedBytesPerPass, ref.streamedBytesPerPass / (scheme == .w8a8 ? 3 : 4))
+            errs["\(scheme.rawValue) static \(staticAct)"] = relErr(try logits(gpt, test), want)
+        }
+        // Measured 0.018 (w8a8), 0.16 / 0.15 (w4a8 static / dynamic) on this random-weight model; the
+        // bounds catch a broken scale or layout (which gives errors near or above 1).
+        XCTAssertLessThan(errs["w8a8 static false"]!, 0.03, "\(errs)")
+        XCTAssertLessThan(errs["w4a8-dgq static true"]!, 0.25, "\(errs)")
+        XCTAssertLessThan(errs["w4a8-dgq static false"]!, 0.25, "\(errs)")
+        print("relative logit error vs fp32: \(errs)")
+    }
+
+    func testSaveLoadRoundTripIsExactAndDeterministic() throws {
+        let dir = try Fixtures.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let original = try Fixtures.safetensors("llamagen/gpt_c2i_tiny.weights.safetensors")
+        for scheme in [WeightScheme.w8a8, .w4a8dgq] {
+            var files: [Data] = []
+            for run in 0..<2 {
+                let gpt = try tinyGPT()
+                try ModelQuantizer.quantize(gpt, settings: QuantizeSettings(scheme: scheme), samples: samples(gpt, count: 2, seed: 3))
+                var entries: [SafeTensorsWriter.Entry] = []
+                var linears: [String: Linear] = ["output.weight": gpt.output]
+                var norms: [String: Tensor] = [:]
+                for (i, l) in gpt.layers.enumerated() {
+                    let p = "layers.\(i)."
+                    linears[p + "attention.wqkv.weight"] = l.wqkv; linears[p + "attention.wo.weight"] = l.wo
+                    linears[p + "feed_forward.w1.weight"] = l.w1; linears[p + "feed_forward.w2.weight"] = l.w2; linears[p + "feed_forward.w3.weight"] = l.w3
+                    norms[p + "attention_norm.weight"] = l.attention_norm; norms[p + "ffn_norm.weight"] = l.ffn_norm
+                }
+                for info in original.tensors.values.sorted(by: { $0.begin < $1.begin }) {
+                    if let lin = linears[info.name] { entries += QuantFormat.entries(lin, name: info.name) }
+                    else if let t = norms[info.name] { entries.append(.f32(info.name, t)) }
+                    else { entries.append(.f32(info.name, try original.tensor(info.name))) }
+                }
+                let path = dir + "/\(scheme.rawValue)-\(run).safetensors"
+                try SafeTensorsWriter.write(entries, to: path)
+                files.append(try Data(contentsOf: URL(fileURLWithPath: path)))
+                let loaded = try GPT(config: gpt.config, weights: try SafeTensorsFile(path: path))
+                XCTAssertEqual(loaded.weightScheme, scheme)
+                let s = samples(gpt, count: 1, seed: 5)[0]
+                XCTAssertEqual(try logits(loaded, s), try logits(gpt, s), "\(scheme.rawValue): save + load changed the outputs")
+            }
+            XCTAssertEqual(files[0], files[1], "\(scheme.rawValue): quantization is not deterministic")
+        }
+    }
+
+    func testLoaderRejectsBadQuantizedTensors() throws {
+        let dir = try Fixtures.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let gpt = try tinyGPT()
+        try ModelQuantizer.quantize(gpt, settings: QuantizeSettings(scheme: .w4a8dgq), samples: samples(gpt, count: 1, seed: 3))
+        let good = QuantFormat.entries(gpt.layers[0].wo, name: "wo.weight")
+        func load(_ entries: [SafeTensorsWriter.Entry]) throws -> Linear {
+            try SafeTensorsWriter.write(entries, to: dir + "/x.safetensors")
+            return try QuantFormat.loadLinear(try SafeTensorsFile(path: dir + "/x.safetensors"), "wo.weight", shape: [64, 64])
+        }
+        XCTAssertEqual(try load(good).scheme, .w4a8dgq)
+        func expectError(_ entries: [SafeTensorsWriter.Entry], _ text: String) {
+            XCTAssertThrowsError(try load(entries)) { XCTAssertTrue("\($0)".contains(text), "\($0)") }
+        }
+        expectError(good.filter { $0.name != "wo.wzeros" }, "wscales and wzeros")
+        expectError(good.map { $0.name == "wo.wscales8" ? .init(name: $0.name, dtype: .F32, shape: [63], bytes: $0.bytes.prefix(252)) : $0 }, "wscales8 has shape")
+        // A zero point that pushes S*(q-z) past 127.
+        expectError(good.map { $0.name == "wo.wzeros" ? .init(name: $0.name, dtype: .I8, shape: $0.shape, bytes: Data(repeating: 100, count: $0.bytes.count)) : $0 }, "outside [-127, 127]")
+        expectError(good.map { $0.name == "wo.qweight" ? .init(name: $0.name, dtype: .I16, shape: [64, 16], bytes: $0.bytes) : $0 }, "expected U8")
+    }
+
+    func testQuantizeCommand() throws {
+        let dir = try Fixtures.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let model = dir + "/model"
+        try FileManager.default.createDirectory(atPath: model, withIntermediateDirectories: true)
+        let cfg = try JSONSerialization.data(withJSONObject: ["gpt": try Fixtures.json("llamagen/gpt_c2i_tiny.config.json"),
+                                                              "vq": try Fixtures.json("llamagen/vq_tiny.config.json"), "name": "tiny"])
+        try cfg.write(to: URL(fileURLWithPath: model + "/config.json"))
+        try FileManager.default.copyItem(atPath: try Fixtures.path("llamagen/gpt_c2i_tiny.weights.safetensors"), toPath: model + "/gpt.safetensors")
+        try FileManager.default.copyItem(atPath: try Fixtures.path("llamagen/vq_tiny.weights.safetensors"), toPath: model + "/vq.safetensors")
+        try "zero\none\n".write(toFile: model + "/classes.txt", atomically: true, encoding: .utf8)
+
+        let r = try runZipar(["quantize", "--model", model, "--scheme", "w4a8-dgq", "--calib", "2", "-o", dir + "/q4"])
+        XCTAssertTrue(r.out.contains("wrote"), r.out)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir + "/q4").sorted(), ["classes.txt", "config.json", "gpt.safetensors", "vq.safetensors"])
+        let q = try ModelDirectory(path: dir + "/q4")
+        XCTAssertEqual((q.raw["quant"] as? [String: Any])?["scheme"] as? String, "w4a8-dgq")
+        XCTAssertEqual(try q.loadGPT().weightScheme, .w4a8dgq)
+        try runZipar(["generate", "--model", dir + "/q4", "--class", "1", "--window", "4", "-o", dir + "/a.png", "--quiet"])
+        XCTAssertTrue(try runZipar(["bench", "--model", dir + "/q4", "--windows", "4", "--no-vq", "--no-passes"]).out.contains("w4a8-dgq"))
+        try runZipar(["quantize", "--model", model, "--scheme", "w8a8", "-o", dir + "/q8", "--quiet"])
+        XCTAssertEqual(try ModelDirectory(path: dir + "/q8").loadGPT().weightScheme, .w8a8)
+
+        // Errors: usage (2), then bad input (1); nothing half-written is left.
+        try runZipar(["quantize", "--model", model, "--scheme", "w3", "-o", dir + "/x"], expect: 2)
+        try runZipar(["quantize", "--model", model, "--scheme", "w8a8", "--group-size", "12", "-o", dir + "/x"], expect: 2)
+        try runZipar(["quantize", "--model", model, "--scheme", "w8a8"], expect: 2)
+        XCTAssertTrue(try runZipar(["quantize", "--model", model, "--scheme", "w8a8", "-o", dir + "/q4"], expect: 1).err.contains("already exists"))
+        XCTAssertTrue(try runZipar(["quantize", "--model", dir + "/q4", "--scheme", "w8a8", "-o", dir + "/x"], expect: 1).err.contains("already quantized"))
+        XCTAssertTrue(try runZipar(["quantize", "--model", model, "--scheme", "w8a8", "-o", dir + "/no/such/x"], expect: 1).err.contains("does not exist"))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/x"))
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasPrefix(".") }, [])
+    }
+}

@@ -51,7 +51,8 @@ public final class GPT {
         let qkvRows = (config.n_head + 2 * config.kvHeads) * hd
         // Every shape is checked against the config before any compute.
         func t(_ name: String, _ shape: [Int]) throws -> Tensor { try weights.tensor(name, shape: shape) }
-        func lin(_ name: String, _ shape: [Int]) throws -> Linear { Linear(weight: try t(name, shape)) }
+        // Float or quantized (integer tensors + scales, see QuantFormat).
+        func lin(_ name: String, _ shape: [Int]) throws -> Linear { try QuantFormat.loadLinear(weights, name, shape: shape) }
         tok_embeddings = try t("tok_embeddings.weight", [config.vocab_size, d])
         if config.isT2I {
             guard config.cls_token_num == 120 || weights.tensors["cls_embedding.uncond_embedding"]?.shape.first == config.cls_token_num else {

@@ -43,9 +43,8 @@ public enum ModelQuantizer {
         case .w4a8dgq:
             guard !samples.isEmpty else { throw ZipARError("DGQ needs at least one calibration sample") }
             for (i, layer) in gpt.layers.enumerated() {
-                let t0 = Date()
-                try quantizeBlockDGQ(gpt, layer, settings: settings, samples: samples)
-                log?(String(format: "block %d/%d quantized (%.1f s)", i + 1, gpt.layers.count, Date().timeIntervalSince(t0)))
+                let t = try quantizeBlockDGQ(gpt, layer, settings: settings, samples: samples)
+                log?(String(format: "block %d/%d quantized (calibration passes %.1f s, search %.1f s)", i + 1, gpt.layers.count, t.passes, t.search))
             }
         }
         if settings.quantizeHead { try quantizeW8(gpt.output) }
@@ -93,7 +92,9 @@ public enum ModelQuantizer {
         for i in 0..<m { for j in 0..<k { a[j] = max(a[j], abs(x[i * k + j])) } }
     }
 
-    static func quantizeBlockDGQ(_ gpt: GPT, _ layer: TransformerBlock, settings: QuantizeSettings, samples: [CalibrationSample]) throws {
+    static func quantizeBlockDGQ(_ gpt: GPT, _ layer: TransformerBlock, settings: QuantizeSettings, samples: [CalibrationSample]) throws
+        -> (passes: Double, search: Double) {
+        let t0 = Date()
         let linears = [layer.wqkv, layer.wo, layer.w1, layer.w3, layer.w2]
         for lin in linears where lin.weight == nil { throw ZipARError("layer is already quantized") }
 
@@ -132,6 +133,7 @@ public enum ModelQuantizer {
         }
 
         // (4) the search, per Linear.
+        let t1 = Date()
         for (li, lin) in linears.enumerated() {
             let k = lin.inFeatures, n = lin.outFeatures
             guard k % 8 == 0, let G = DGQ.groupSize(cols: k, requested: settings.groupSize) else {
@@ -151,6 +153,7 @@ public enum ModelQuantizer {
             let sx: Float? = settings.staticActivations ? (amax > 0 ? amax / 127 : 1) : nil
             lin.quantize(QuantizedLinear(dgq: r.weight, inputScale: sx))
         }
+        return (t1.timeIntervalSince(t0), Date().timeIntervalSince(t1))
     }
 
     static func scaleColumns(_ lin: Linear, _ s: [Float]) {
