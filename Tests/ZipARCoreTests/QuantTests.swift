@@ -40,7 +40,10 @@ final class DGQFixtureTests: XCTestCase {
         let j = try Fixtures.json("quant/dgq.json")
         XCTAssertEqual((j["phase1_ratios"] as! [Double]).map(Float.init), (0..<20).map(DGQ.phase1Ratio))
         XCTAssertEqual((j["phase2_ratios"] as! [Double]).map(Float.init), (0..<80).map(DGQ.phase2Ratio))
-        for prefix in ["", "multi_"] {
+        defer { ck_qkernel_force(-1) }
+        // The search's element loops run vectorized (AVX-512) or scalar: both must give the official result.
+        for (prefix, level) in [("", -1), ("multi_", -1), ("", 0)] {
+            ck_qkernel_force(Int32(level))
             let w = try floats(f, prefix + "w_smoothed"), xs = try floats(f, prefix + "x_search")
             let r = DGQ.search(weight: w, rows: 64, cols: 256, groupSize: 128, inputs: xs, tokens: xs.count / 256)
             XCTAssertEqual(r.phase1Index, try f.ints(prefix + "p1_ratio_idx"), prefix)

@@ -37,4 +37,7 @@ void ck_qgemm_w4(const int8_t *xq, const float *sx, const int32_t *gsum, int m, 
 void ck_qgemm_w8(const int8_t *xq, const float *sx, const int32_t *gsum, int m, int k,
                  const uint8_t *packed, const float *rowscale, int n,
                  int b0, int b1, float *y, int ldy, int32_t *accOut, int ldacc);
+/* One DGQ search candidate over n weights (see qkernels.c); used by DGQ.search on both phases. */
+void ck_dgq_fakequant(const float *w, const float *src, float *clamped, int n, float lo, float hi,
+                      float s, float z, float qlo, float qhi, float *diff);
 #endif

@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 
 /// bfloat16 rounding (round to nearest even), the precision the official DGQ code keeps its scale
@@ -147,14 +148,9 @@ public enum DGQ {
                             if !(s > 0) { s = max(abs(lo), 1e-8) / 7 }
                             let z = rne((-mn[j]) * r / s)
                             sv[j] = s; zv[j] = z
-                            let wrow = wp.baseAddress! + j * k + g * G
-                            for c in 0..<G {
-                                // The clamped weight carries over from one candidate to the next, as in the official loop.
-                                let v = min(max(wt[j * G + c], lo), hi)
-                                wt[j * G + c] = v
-                                let q = min(max(rne(v / s) + z, 0), 15)
-                                d[j * G + c] = wrow[c] - s * (q - z)
-                            }
+                            // The clamped weight carries over from one candidate to the next, as in the official loop:
+                            // v = clamp(wt, lo, hi) (kept), q = clamp(RNE(v / s) + z, 0, 15), d = w - s * (q - z).
+                            ck_dgq_fakequant(wp.baseAddress! + j * k + g * G, wt + j * G, wt + j * G, Int32(G), lo, hi, s, z, 0, 15, d + j * G)
                         }
                     }
                 }
@@ -183,12 +179,9 @@ public enum DGQ {
                             let z = p1zp[j * ng + g]
                             let upper = min(z + im, 15), lower = max(z - im, 0)
                             let sq = S * sc8
-                            let wrow = wp.baseAddress! + j * k + g * G, drow = d + j * k + g * G
-                            for c in 0..<G {
-                                let v = min(max(wrow[c], -wmax), wmax)
-                                let q = min(max(rne(v / sq) + z, lower), upper)
-                                drow[c] = wrow[c] - sq * (q - z)
-                            }
+                            // v = clamp(w, -wmax, wmax), q = clamp(RNE(v / sq) + z, lower, upper), d = w - sq * (q - z)
+                            let wrow = wp.baseAddress! + j * k + g * G
+                            ck_dgq_fakequant(wrow, wrow, nil, Int32(G), -wmax, wmax, sq, z, lower, upper, d + j * k + g * G)
                         }
                     }
                 }
