@@ -241,6 +241,17 @@ final class ModelQuantizeTests: XCTestCase {
         print("relative logit error vs fp32: \(errs)")
     }
 
+    func testQualityMeasure() throws {
+        let a = try tinyGPT(), b = try tinyGPT()
+        let s = samples(a, count: 2, seed: 8)
+        let same = try QuantizationQuality.measure(reference: a, quantized: b, samples: s)
+        XCTAssertEqual(same.top1Agreement, 1); XCTAssertEqual(same.meanKL, 0, accuracy: 1e-12); XCTAssertEqual(same.relativeLogitError, 0)
+        XCTAssertEqual(same.positions, 2 * a.config.block_size)
+        try ModelQuantizer.quantize(b, settings: QuantizeSettings(scheme: .w8a8), samples: [])
+        let q = try QuantizationQuality.measure(reference: a, quantized: b, samples: s)
+        XCTAssertGreaterThan(q.top1Agreement, 0.8); XCTAssertGreaterThan(q.meanKL, 0); XCTAssertLessThan(q.meanKL, 0.05)
+    }
+
     func testSaveLoadRoundTripIsExactAndDeterministic() throws {
         let dir = try Fixtures.tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -310,7 +321,7 @@ final class ModelQuantizeTests: XCTestCase {
         try "zero\none\n".write(toFile: model + "/classes.txt", atomically: true, encoding: .utf8)
 
         let r = try runZipar(["quantize", "--model", model, "--scheme", "w4a8-dgq", "--calib", "2", "-o", dir + "/q4"])
-        XCTAssertTrue(r.out.contains("wrote"), r.out)
+        XCTAssertTrue(r.out.contains("wrote") && r.out.contains("top-1 agreement"), r.out)
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir + "/q4").sorted(), ["classes.txt", "config.json", "gpt.safetensors", "vq.safetensors"])
         let q = try ModelDirectory(path: dir + "/q4")
         XCTAssertEqual((q.raw["quant"] as? [String: Any])?["scheme"] as? String, "w4a8-dgq")

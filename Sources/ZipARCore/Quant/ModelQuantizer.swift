@@ -166,3 +166,60 @@ extension GPT {
     /// The weight scheme of the transformer blocks (fp32 unless quantized).
     public var weightScheme: WeightScheme { layers.first?.wqkv.scheme ?? .fp32 }
 }
+
+/// How closely a quantized model follows its fp32 original: next-token predictions along the same
+/// teacher-forced sequences (condition branch), so one differing sample cannot derail the comparison.
+public struct QuantizationQuality {
+    /// Fraction of positions whose most likely token is the same.
+    public var top1Agreement: Double
+    /// Mean KL(p_fp32 || p_quantized) per position, in nats.
+    public var meanKL: Double
+    /// ||logits_q - logits_fp32|| / ||logits_fp32|| over all positions.
+    public var relativeLogitError: Double
+    public var positions: Int
+
+    public static func measure(reference: GPT, quantized: GPT, samples: [CalibrationSample]) throws -> QuantizationQuality {
+        var agree = 0, n = 0
+        var kl = 0.0, num = 0.0, den = 0.0
+        let V = reference.config.vocab_size
+        for s in samples {
+            let a = try teacherForcedLogits(reference, s), b = try teacherForcedLogits(quantized, s)
+            for r in 0..<(a.count / V) {
+                let pa = Array(a[(r * V)..<((r + 1) * V)]), pb = Array(b[(r * V)..<((r + 1) * V)])
+                if pa.indices.max(by: { pa[$0] < pa[$1] }) == pb.indices.max(by: { pb[$0] < pb[$1] }) { agree += 1 }
+                let la = logSoftmax(pa), lb = logSoftmax(pb)
+                for i in 0..<V { kl += exp(la[i]) * (la[i] - lb[i]) }
+                for i in 0..<V { num += Double(pa[i] - pb[i]) * Double(pa[i] - pb[i]); den += Double(pa[i]) * Double(pa[i]) }
+                n += 1
+            }
+        }
+        return QuantizationQuality(top1Agreement: Double(agree) / Double(max(n, 1)), meanKL: kl / Double(max(n, 1)),
+                                   relativeLogitError: (num / max(den, 1e-30)).squareRoot(), positions: n)
+    }
+
+    static func logSoftmax(_ x: [Float]) -> [Double] {
+        let m = Double(x.max() ?? 0)
+        let lse = m + log(x.reduce(0.0) { $0 + exp(Double($1) - m) })
+        return x.map { Double($0) - lse }
+    }
+
+    /// Logits of every image position of one sequence, condition branch only.
+    public static func teacherForcedLogits(_ gpt: GPT, _ s: CalibrationSample) throws -> [Float] {
+        let c = gpt.config, cls = c.cls_token_num, L = cls + c.block_size - 1
+        let state = ForwardState(config: c, maxRows: L, slots: gpt.sequenceLength)
+        let cache = gpt.makeCache(batch: 1)
+        var visibility = AttentionVisibility()
+        switch s.condition {
+        case .classLabel(let label): try gpt.embedClass(label, into: state.input(0))
+        case .caption(let features, let mask):
+            visibility.captionMask = mask
+            try gpt.embedCaption(features.data, into: state.input(0))
+        }
+        for i in 0..<(c.block_size - 1) { gpt.embedToken(s.tokens[i], into: state.input(cls + i)) }
+        // Rows cls-1 ... L-1 predict the image tokens 0 ... block_size-1.
+        let rows = Array((cls - 1)..<L)
+        gpt.forward(state: state, cache: cache, positions: Array(0..<L), batchOf: [Int](repeating: 0, count: L),
+                    visibility: visibility, logitRows: rows)
+        return Array(UnsafeBufferPointer(start: state.logits(0), count: rows.count * c.vocab_size))
+    }
+}
