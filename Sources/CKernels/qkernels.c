@@ -214,10 +214,12 @@ QK_INLINE QK_VNNI void w4_tile_vnni(int MI, const int8_t *xq, const float *sx, c
                                     int j0, int n, float *y, int ldy, int32_t *accOut, int ldacc) {
     int ng = k / group, cpg = group / 8;
     const __m512i nib = _mm512_set1_epi8(15);
-    __m512i res[QK_MAXMI], acc[QK_MAXMI];
+    /* Low and high nibbles feed separate accumulators: two independent vpdpbusd chains per row, so
+       a single-row (decode) pass is not bound by the instruction's latency. */
+    __m512i res[QK_MAXMI], acc[QK_MAXMI], acc2[QK_MAXMI];
     for (int r = 0; r < MI; r++) res[r] = _mm512_setzero_si512();
     for (int g = 0; g < ng; g++) {
-        for (int r = 0; r < MI; r++) acc[r] = _mm512_setzero_si512();
+        for (int r = 0; r < MI; r++) { acc[r] = _mm512_setzero_si512(); acc2[r] = _mm512_setzero_si512(); }
         const uint8_t *wg = wb + (size_t)g * cpg * 64;
         const int8_t *xg = xq + (size_t)g * group;
         for (int c = 0; c < cpg; c++) {
@@ -227,9 +229,10 @@ QK_INLINE QK_VNNI void w4_tile_vnni(int MI, const int8_t *xq, const float *sx, c
             for (int r = 0; r < MI; r++) {
                 const int8_t *xp = xg + (size_t)r * k + 8 * c;
                 acc[r] = _mm512_dpbusd_epi32(acc[r], lo, _mm512_set1_epi32(load4(xp)));
-                acc[r] = _mm512_dpbusd_epi32(acc[r], hi, _mm512_set1_epi32(load4(xp + 4)));
+                acc2[r] = _mm512_dpbusd_epi32(acc2[r], hi, _mm512_set1_epi32(load4(xp + 4)));
             }
         }
+        for (int r = 0; r < MI; r++) acc[r] = _mm512_add_epi32(acc[r], acc2[r]);
         __m512i Sv = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(Sb + (size_t)g * 16)));
         __m512i Zv = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(Zb + (size_t)g * 16)));
         for (int r = 0; r < MI; r++) {

@@ -130,20 +130,26 @@ struct BenchCommand: ParsableCommand {
                 print("\n|" + (multi ? " weights | MB/pass |" : "") + " inputs | CFG | rows | ms/pass | x limit |" + (multi ? " speed-up vs " + models[0].label + " |" : "") + (profile ? " ms per component |" : "") +
                       "\n|" + (multi ? "---|---|" : "") + "---|---|---|---|---|" + (multi ? "---|" : "") + (profile ? "---|" : ""))
             }
-            var baseMs: [Double] = []
+            // Schemes are measured back to back for each row count, so machine noise hits them alike.
+            var ms = [[Double]](repeating: [], count: models.count), summaries = [[String]](repeating: [], count: models.count)
+            for kind in kinds {
+                for (mi, m) in models.enumerated() {
+                    let profiler = PassProfiler()
+                    PassProfiler.current = profile ? profiler : nil
+                    ms[mi].append(Measure.forwardPass(gpt: m.gpt, inputs: kind.inputs, cfg: kind.cfg) * 1e3)
+                    PassProfiler.current = nil
+                    summaries[mi].append(profiler.summary)
+                }
+            }
             for (mi, m) in models.enumerated() {
                 let mb = Double(m.gpt.streamedBytesPerPass) / 1e6, limit = mb / bandwidth
                 for (ki, kind) in kinds.enumerated() {
-                    let profiler = PassProfiler()
-                    PassProfiler.current = profile ? profiler : nil
-                    let t = Measure.forwardPass(gpt: m.gpt, inputs: kind.inputs, cfg: kind.cfg) * 1e3
-                    PassProfiler.current = nil
-                    if mi == 0 { baseMs.append(t) }
-                    rows.append(["scheme": m.label, "weights_mb": mb, "inputs": kind.inputs, "cfg": kind.cfg, "ms": t, "x_limit": t / limit, "speedup": baseMs[ki] / t])
+                    let t = ms[mi][ki], base = ms[0][ki]
+                    rows.append(["scheme": m.label, "weights_mb": mb, "inputs": kind.inputs, "cfg": kind.cfg, "ms": t, "x_limit": t / limit, "speedup": base / t])
                     if !json {
                         print("|" + (multi ? String(format: " %@ | %.1f |", m.label, mb) : "") +
                               String(format: " %d | %@ | %d | %.1f | %.2f |", kind.inputs, kind.cfg ? "yes" : "no", kind.inputs * (kind.cfg ? 2 : 1), t, t / limit) +
-                              (multi ? String(format: " %.2fx |", baseMs[ki] / t) : "") + (profile ? " \(profiler.summary) |" : ""))
+                              (multi ? String(format: " %.2fx |", base / t) : "") + (profile ? " \(summaries[mi][ki]) |" : ""))
                     }
                 }
             }
