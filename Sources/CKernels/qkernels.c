@@ -56,8 +56,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) static void quantize_row_av
         }
         for (; p < end; p++) {
             float v = nearbyintf(xr[p] / s);
-            if (v < (float)lo) v = (float)lo;
-            if (v > 127.0f) v = 127.0f;
+            v = v > (float)lo ? v : (float)lo;
+            v = v < 127.0f ? v : 127.0f;
             q[p] = (int8_t)v; sum += (int8_t)v;
         }
         gsum[g] = sum;
@@ -85,9 +85,9 @@ void ck_quantize_act(const float *x, int m, int k, int ldx, float static_scale, 
             int32_t sum = 0;
             for (int p = g * group; p < (g + 1) * group; p++) {
                 float v = nearbyintf(xr[p] / s);      /* RNE in the default rounding mode */
-                if (v < (float)lo) v = (float)lo;
-                if (v > 127.0f) v = 127.0f;
-                if (v != v) v = 0;                     /* NaN input: keep the kernel defined */
+                /* Written so a NaN becomes lo, as the vector max/min do (and the cast stays defined). */
+                v = v > (float)lo ? v : (float)lo;
+                v = v < 127.0f ? v : 127.0f;
                 q[p] = (int8_t)v;
                 sum += (int8_t)v;
             }

@@ -171,6 +171,22 @@ final class QuantKernelTests: XCTestCase {
         }
     }
 
+    /// A NaN activation maps to the clamp's lower end on every level (no undefined cast, same result).
+    func testNaNActivationsAgreeAcrossLevels() {
+        defer { ck_qkernel_force(-1) }
+        var x = [Float](repeating: 0.5, count: 64)
+        x[3] = .nan; x[40] = .nan
+        var results: [[Int8]] = []
+        for level in 0...Int(ck_qkernel_level()) {
+            ck_qkernel_force(Int32(level))
+            var xq = [Int8](repeating: 0, count: 64), sx: Float = 0, gsum = [Int32](repeating: 0, count: 2)
+            ck_quantize_act(x, 1, 64, 64, 0.01, -128, 32, &xq, &sx, &gsum)
+            XCTAssertEqual(xq[3], -128); XCTAssertEqual(xq[0], 50)
+            results.append(xq)
+        }
+        XCTAssertEqual(Set(results.map { $0.map(Int.init) }).count, 1)
+    }
+
     func testDGQWeightLayoutRoundTrips() {
         var rng = RNG(seed: 13)
         let w = Self.randomDGQ(rows: 21, cols: 256, group: 64, rng: &rng)
