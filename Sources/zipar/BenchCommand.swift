@@ -33,6 +33,10 @@ struct BenchCommand: ParsableCommand {
     var profile = false
     @Flag(help: "Print JSON instead of tables.")
     var json = false
+    @Option(help: "Weight schemes to compare side by side, e.g. fp32,w8a8,w4a8-dgq (an fp32 model is quantized in memory).")
+    var schemes: String?
+    @Option(help: "With --schemes: random-token calibration samples for the in-memory DGQ search (speed only; quality needs `zipar quantize`).")
+    var calib: Int = 1
     @Flag(help: "Only compare the decode kernel with OpenBLAS sgemm/sgemv on a 201 MB weight, by row count.")
     var kernels = false
 
@@ -40,6 +44,8 @@ struct BenchCommand: ParsableCommand {
         guard runs >= 1, runs <= 100 else { throw ValidationError("--runs must be between 1 and 100") }
         _ = try parseIntList(windows, flag: "--windows")
         guard ZipARPolicy(rawValue: policy) != nil, policy != "eol" else { throw ValidationError("--policy must be ideal or upstream") }
+        if let s = schemes { _ = try parseSchemes(s) }
+        guard calib >= 1, calib <= 64 else { throw ValidationError("--calib must be between 1 and 64") }
         if randomInit != nil && modelOptions.model != nil { throw ValidationError("give either --model or --random-init, not both") }
         if let k = kvCaches {
             for name in k.split(separator: ",") where KVPrecision(rawValue: String(name)) == nil {
@@ -55,12 +61,16 @@ struct BenchCommand: ParsableCommand {
     func run() throws {
         modelOptions.apply()
         if kernels { return runKernels() }
-        let gpt: GPT, vq: VQDecoder?, name: String
+        // One model per weight scheme, each built from the same fp32 weights and quantized in memory.
+        var schemeList = try schemes.map { try parseSchemes($0) } ?? []
+        var vq: VQDecoder? = nil
+        var name = ""
+        var makeGPT: () throws -> GPT
         if let r = randomInit {
             let side = try grid.map { try ScheduleCommand.parseGrid($0).0 } ?? 16
             var cfg = try GPTConfig.named(r, grid: side)
             cfg.num_classes = 1000
-            gpt = try GPT(randomWithConfig: cfg, seed: 1)
+            makeGPT = { try GPT(randomWithConfig: cfg, seed: 1) }
             vq = noVq ? nil : VQDecoder.randomInit(config: VQConfig(), seed: 2)
             name = "\(r) (random init)"
         } else {
@@ -68,10 +78,29 @@ struct BenchCommand: ParsableCommand {
             if let g = grid, try ScheduleCommand.parseGrid(g).0 != dir.gpt.gridSize {
                 throw ZipARError("\(dir.name) generates a \(dir.gpt.gridSize)x\(dir.gpt.gridSize) grid; --grid must match or be left out")
             }
-            gpt = try dir.loadGPT()
+            makeGPT = { try dir.loadGPT() }
             vq = noVq ? nil : try dir.loadVQ()
             name = dir.name
         }
+        var models: [(label: String, gpt: GPT)] = []
+        if schemeList.isEmpty {
+            let g = try makeGPT()
+            models = [(g.weightScheme.rawValue, g)]
+            schemeList = [g.weightScheme]
+        } else {
+            for s in schemeList {
+                let g = try makeGPT()
+                if s != .fp32 {
+                    guard g.weightScheme == .fp32 else { throw ZipARError("\(name) is already quantized (\(g.weightScheme.rawValue)); --schemes needs an fp32 model") }
+                    let t0 = Date()
+                    try quantizeForBench(g, s)
+                    if !json { eprint(String(format: "quantized %@ in memory to %@ (%.0f s; DGQ calibrated on %d random-token sample(s))", name, s.rawValue, Date().timeIntervalSince(t0), calib)) }
+                }
+                models.append((s.rawValue, g))
+            }
+        }
+        let gpt = models[0].gpt
+        let multi = models.count > 1
         let side = gpt.config.gridSize
         let p = ZipARPolicy(rawValue: policy)!
         let windowList = try parseIntList(windows, flag: "--windows").filter { $0 < side }
@@ -82,41 +111,65 @@ struct BenchCommand: ParsableCommand {
         let bandwidth = Measure.readBandwidth()
         let limitMs = weightsMB / bandwidth
         report["weights_streamed_mb"] = weightsMB; report["bandwidth_gbs"] = bandwidth; report["limit_ms"] = limitMs
+        report["schemes"] = models.map { ["scheme": $0.label, "weights_streamed_mb": Double($0.gpt.streamedBytesPerPass) / 1e6] }
         if !json {
             print("zipar bench: \(name), \(String(format: "%.1fM", Double(gpt.parameterCount) / 1e6)) params, \(side)x\(side) grid, \(Parallel.threads) threads")
-            print(String(format: "weights streamed per pass %.0f MB (fp32); measured read bandwidth %.1f GB/s -> limit %.1f ms/pass", weightsMB, bandwidth, limitMs))
+            for m in models {
+                let mb = Double(m.gpt.streamedBytesPerPass) / 1e6
+                print(String(format: "weights streamed per pass %.1f MB (%@); measured read bandwidth %.1f GB/s -> limit %.1f ms/pass", mb, m.label, bandwidth, mb / bandwidth))
+            }
         }
 
-        // 1. Forward-pass cost by number of rows, against the weight-streaming limit.
+        // 1. Forward-pass cost by number of rows, against the weight-streaming limit (of each scheme).
         if !noPasses {
             let cfg = cfgScale > 1
             var kinds: [(inputs: Int, cfg: Bool)] = [(1, false), (1, true)]
             for k in Set(schedules.map { $0.maxTokensPerStep }).sorted() where k > 1 { kinds.append((k, cfg)) }
             var rows: [[String: Any]] = []
-            if !json { print("\n| inputs | CFG | rows | ms/pass | x limit |" + (profile ? " ms per component |" : "") + "\n|---|---|---|---|---|" + (profile ? "---|" : "")) }
+            if !json {
+                print("\n|" + (multi ? " weights | MB/pass |" : "") + " inputs | CFG | rows | ms/pass | x limit |" + (multi ? " speed-up vs " + models[0].label + " |" : "") + (profile ? " ms per component |" : "") +
+                      "\n|" + (multi ? "---|---|" : "") + "---|---|---|---|---|" + (multi ? "---|" : "") + (profile ? "---|" : ""))
+            }
+            // Schemes are measured back to back for each row count, so machine noise hits them alike.
+            var ms = [[Double]](repeating: [], count: models.count), summaries = [[String]](repeating: [], count: models.count)
             for kind in kinds {
-                let profiler = PassProfiler()
-                PassProfiler.current = profile ? profiler : nil
-                let t = Measure.forwardPass(gpt: gpt, inputs: kind.inputs, cfg: kind.cfg) * 1e3
-                PassProfiler.current = nil
-                rows.append(["inputs": kind.inputs, "cfg": kind.cfg, "ms": t, "x_limit": t / limitMs])
-                if !json { print(String(format: "| %d | %@ | %d | %.1f | %.2f |", kind.inputs, kind.cfg ? "yes" : "no", kind.inputs * (kind.cfg ? 2 : 1), t, t / limitMs) + (profile ? " \(profiler.summary) |" : "")) }
+                for (mi, m) in models.enumerated() {
+                    let profiler = PassProfiler()
+                    PassProfiler.current = profile ? profiler : nil
+                    ms[mi].append(Measure.forwardPass(gpt: m.gpt, inputs: kind.inputs, cfg: kind.cfg) * 1e3)
+                    PassProfiler.current = nil
+                    summaries[mi].append(profiler.summary)
+                }
+            }
+            for (mi, m) in models.enumerated() {
+                let mb = Double(m.gpt.streamedBytesPerPass) / 1e6, limit = mb / bandwidth
+                for (ki, kind) in kinds.enumerated() {
+                    let t = ms[mi][ki], base = ms[0][ki]
+                    rows.append(["scheme": m.label, "weights_mb": mb, "inputs": kind.inputs, "cfg": kind.cfg, "ms": t, "x_limit": t / limit, "speedup": base / t])
+                    if !json {
+                        print("|" + (multi ? String(format: " %@ | %.1f |", m.label, mb) : "") +
+                              String(format: " %d | %@ | %d | %.1f | %.2f |", kind.inputs, kind.cfg ? "yes" : "no", kind.inputs * (kind.cfg ? 2 : 1), t, t / limit) +
+                              (multi ? String(format: " %.2fx |", base / t) : "") + (profile ? " \(summaries[mi][ki]) |" : ""))
+                    }
+                }
             }
             report["passes"] = rows
         }
 
-        // 2. Whole images: raster and every window, interleaved run by run.
+        // 2. Whole images: raster and every window (for every scheme), interleaved run by run.
         var options = GenerationOptions()
         options.sampling.cfgScale = cfgScale
         options.sampling.topK = min(2000, gpt.config.vocab_size)
         // Modes: raster, each window, and each window with the adaptive minimum (if asked).
         let caches = kvCaches.map { $0.split(separator: ",").compactMap { KVPrecision(rawValue: String($0)) } } ?? [modelOptions.kvPrecision]
-        var modeList: [(schedule: Schedule, adaptive: Int?, kv: KVPrecision)] = []
-        for kv in caches {
-            modeList += schedules.map { ($0, nil, kv) }
-            if let a = adaptiveWindow { modeList += schedules.dropFirst().filter { $0.window > a }.map { ($0, a, kv) } }
+        var modeList: [(schedule: Schedule, adaptive: Int?, kv: KVPrecision, model: Int)] = []
+        for mi in models.indices {
+            for kv in caches {
+                modeList += schedules.map { ($0, nil, kv, mi) }
+                if let a = adaptiveWindow { modeList += schedules.dropFirst().filter { $0.window > a }.map { ($0, a, kv, mi) } }
+            }
         }
-        let generators = try modeList.map { try Generator(gpt: gpt, schedule: $0.schedule, kvPrecision: $0.kv) }
+        let generators = try modeList.map { try Generator(gpt: models[$0.model].gpt, schedule: $0.schedule, kvPrecision: $0.kv) }
         // Class 0 for c2i models; for t2i the model's own empty-caption features (all rows valid).
         let condition: Condition = gpt.config.isT2I
             ? .caption(features: gpt.uncond_embedding!, mask: Array(repeating: true, count: gpt.config.cls_token_num))
@@ -130,10 +183,13 @@ struct BenchCommand: ParsableCommand {
                 times[i].append(r.seconds); passes[i].append(Double(r.forwardPasses)); forwardTimes[i].append(r.forwardSeconds)
             }
         }
-        let rasterTime = Measure.median(times[0]), rasterPasses = Double(schedules[0].forwardPasses)
+        let rasterPasses = Double(schedules[0].forwardPasses)
+        // Speed-ups are against raster of the first scheme, so they combine ZipAR and the weights.
+        let rasterTime = Measure.median(times[0])
         var modes: [[String: Any]] = []
         if !json {
-            print("\n| decoding | window | KV cache | KV MB | passes | tokens/pass | s/image | in passes | ms/pass | speed-up | pass saving | speed-up / saving |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+            print("\n|" + (multi ? " weights |" : "") + " decoding | window | KV cache | KV MB | passes | tokens/pass | s/image | in passes | ms/pass | speed-up | pass saving | speed-up / saving |\n|" +
+                  (multi ? "---|" : "") + "---|---|---|---|---|---|---|---|---|---|---|---|")
         }
         for (i, m) in modeList.enumerated() {
             let s = m.schedule
@@ -143,16 +199,15 @@ struct BenchCommand: ParsableCommand {
             let tokensPerPass = Double(s.height * s.width) / p
             let inPasses = Measure.median(forwardTimes[i])
             let kvMB = Double(generators[i].cacheBytes(cfg: cfgScale > 1)) / 1e6
-            modes.append(["decoding": mode, "window": s.window, "kv_cache": m.kv.rawValue, "kv_mb": kvMB, "passes": p, "tokens_per_pass": tokensPerPass,
-                          "seconds_per_image": t, "seconds_in_passes": inPasses, "ms_per_pass": inPasses / p * 1e3,
+            modes.append(["scheme": models[m.model].label, "decoding": mode, "window": s.window, "kv_cache": m.kv.rawValue, "kv_mb": kvMB, "passes": p,
+                          "tokens_per_pass": tokensPerPass, "seconds_per_image": t, "seconds_in_passes": inPasses, "ms_per_pass": inPasses / p * 1e3,
                           "speedup": speed, "pass_saving": saving, "efficiency": speed / saving])
             if !json {
-                print(String(format: "| %@ | %d | %@ | %.1f | %.0f | %.2f | %.2f | %.2f | %.1f | %.2fx | %.2fx | %.2f |", mode, s.window,
+                print("|" + (multi ? " \(models[m.model].label) |" : "") + String(format: " %@ | %d | %@ | %.1f | %.0f | %.2f | %.2f | %.2f | %.1f | %.2fx | %.2fx | %.2f |", mode, s.window,
                              m.kv.rawValue, kvMB, p, tokensPerPass, t, inPasses, inPasses / p * 1e3, speed, saving, speed / saving))
             }
         }
         report["images"] = modes
-
         // 3. The VQ decoder for one image of this grid.
         if let vq {
             let codes = (0..<(side * side)).map { ($0 * 7919) % vq.config.codebook_size }
@@ -181,9 +236,37 @@ struct BenchCommand: ParsableCommand {
         let bw = Measure.readBandwidth()
         let limit = 65536.0 * 768 * 4 / 1e6 / bw
         print(String(format: "x[M,768] · W[65536,768]ᵀ (201 MB fp32), %d threads; read bandwidth %.1f GB/s -> limit %.1f ms", Parallel.threads, bw, limit))
-        print("\n| M rows | zipar kernel ms | sgemm ms | M x sgemv ms | kernel x limit | sgemm / kernel |\n|---|---|---|---|---|---|")
+        let mb8 = 65536.0 * (768 + 4) / 1e6, mb4 = 65536.0 * (384 + 12 + 4) / 1e6
+        print(String(format: "integer kernels (%@): W8A8 %.1f MB -> limit %.1f ms, W4A8 (DGQ, group 128) %.1f MB -> limit %.1f ms",
+                     ["portable C", "AVX2", "AVX-512 VNNI"][Int(ck_qkernel_level())], mb8, mb8 / bw, mb4, mb4 / bw))
+        print("\n| M rows | zipar kernel ms | sgemm ms | M x sgemv ms | kernel x limit | sgemm / kernel | W8A8 ms | W8A8 x limit | W4A8 ms | W4A8 x limit | fp32 kernel / W4A8 |\n|---|---|---|---|---|---|---|---|---|---|---|")
         for r in Measure.skinnyProducts() {
-            print(String(format: "| %d | %.1f | %.1f | %.1f | %.2f | %.2f |", r.rows, r.kernel, r.sgemm, r.sgemv, r.kernel / limit, r.sgemm / r.kernel))
+            print(String(format: "| %d | %.1f | %.1f | %.1f | %.2f | %.2f | %.1f | %.2f | %.1f | %.2f | %.2f |", r.rows, r.kernel, r.sgemm, r.sgemv, r.kernel / limit,
+                         r.sgemm / r.kernel, r.w8, r.w8 / (mb8 / bw), r.w4, r.w4 / (mb4 / bw), r.kernel / r.w4))
         }
+    }
+
+    /// In-memory quantization for timing: DGQ calibrates on seeded random tokens with the bench's condition
+    /// (a random model has no domain), searching on at most 64 tokens to keep the run short.
+    func quantizeForBench(_ gpt: GPT, _ scheme: WeightScheme) throws {
+        var settings = QuantizeSettings(scheme: scheme)
+        settings.maxSearchTokens = 64
+        var rng = RNG(seed: 7)
+        let c = gpt.config
+        let samples = (0..<calib).map { _ in
+            CalibrationSample(condition: c.isT2I ? .caption(features: gpt.uncond_embedding!, mask: Array(repeating: true, count: c.cls_token_num)) : .classLabel(0),
+                              tokens: (0..<c.block_size).map { _ in Int(rng.next() % UInt64(c.vocab_size)) })
+        }
+        try ModelQuantizer.quantize(gpt, settings: settings, samples: samples, log: json ? nil : { eprint($0) })
+    }
+}
+
+/// "fp32,w8a8,w4a8-dgq" -> schemes (a usage error names the bad entry).
+func parseSchemes(_ text: String) throws -> [WeightScheme] {
+    let parts = text.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }
+    guard !parts.isEmpty else { throw ValidationError("--schemes needs at least one of fp32, w8a8, w4a8-dgq") }
+    return try parts.map { p in
+        guard let s = WeightScheme(rawValue: p) else { throw ValidationError("unknown weight scheme '\(p)': choose fp32, w8a8 or w4a8-dgq") }
+        return s
     }
 }

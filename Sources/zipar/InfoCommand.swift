@@ -25,6 +25,15 @@ struct InfoCommand: ParsableCommand {
         print("gpt          \(g.n_layer) layers, dim \(g.dim), \(g.n_head) heads (\(g.kvHeads) kv), head_dim \(g.headDim), ffn \(g.ffnHidden), vocab \(g.vocab_size)")
         print("grid         \(g.gridSize)x\(g.gridSize) tokens -> \(dir.imageSize)x\(dir.imageSize) px")
         print("gpt weights  \(String(format: "%.1fM", Double(gs.params) / 1e6)) params, \(gs.dtypes) on disk \(mb(gs.bytes)), \(mb(gs.params * 4)) as fp32 in memory")
+        if let q = dir.raw["quant"] as? [String: Any] {
+            // Element counts above are of the stored tensors (two 4-bit codes per U8); this line says what they hold.
+            var line = "quant        \(q["scheme"] ?? "?") blocks, head \(q["head"] ?? "?"), \(q["activations"] ?? "?") activation scales"
+            if let gsz = q["group_size"] { line += ", group \(gsz), calibrated on \(q["calib"] ?? "?") prompts (seed \(q["seed"] ?? "?"))" }
+            if let c = q["check"] as? [String: Any], let t = c["top1_agreement"] as? Double, let kl = c["mean_kl"] as? Double {
+                line += String(format: "; vs fp32: top-1 agreement %.1f%%, mean KL %.4f", t * 100, kl)
+            }
+            print(line)
+        }
         print("vq decoder   ch \(v.ch), ch_mult \(v.decoder_ch_mult), z \(v.z_channels), codebook \(v.codebook_size)x\(v.codebook_embed_dim); \(String(format: "%.1fM", Double(vs.params) / 1e6)) params, \(vs.dtypes), \(mb(vs.bytes))")
         print("kv cache     \(mb(kvBytes)) fp32 with CFG (2 x \(g.n_layer) layers x \(g.cls_token_num + g.block_size) slots)")
         if let t = try? PromptEncoder.load(dir) { print("text         built-in word encoder, \(t.vocab.count - 1) words") }

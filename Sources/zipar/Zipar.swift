@@ -8,7 +8,7 @@ struct Zipar: ParsableCommand {
         commandName: "zipar",
         abstract: "Autoregressive VQ-token image generation on the CPU, with ZipAR next-set decoding.",
         version: version,
-        subcommands: [GenerateCommand.self, DecodeCommand.self, InfoCommand.self, ScheduleCommand.self, BenchCommand.self, GridCommand.self, EvalCommand.self]
+        subcommands: [GenerateCommand.self, DecodeCommand.self, InfoCommand.self, ScheduleCommand.self, BenchCommand.self, GridCommand.self, EvalCommand.self, QuantizeCommand.self]
     )
 }
 

@@ -69,7 +69,7 @@ extension Measure {
     /// x[M, k] · W[n, k]ᵀ for a weight far larger than the caches, three ways, in ms (median of `runs`):
     /// the streaming kernel (what decode passes use), one OpenBLAS sgemm, and M sgemv calls.
     public static func skinnyProducts(n: Int = 65536, k: Int = 768, rows: [Int] = [1, 2, 4, 8, 16, 32, 64], runs: Int = 5)
-        -> [(rows: Int, kernel: Double, sgemm: Double, sgemv: Double)] {
+        -> [(rows: Int, kernel: Double, sgemm: Double, sgemv: Double, w8: Double, w4: Double)] {
         var rng = RNG(seed: 3)
         let w = Tensor(shape: [n, k])
         for i in 0..<w.count { w.data[i] = rng.nextNormal() * 0.02 }
@@ -80,6 +80,15 @@ extension Measure {
         defer { Linear.sgemmMinRows = saved }
         Linear.sgemmMinRows = Int.max
         let linear = Linear(weight: w)
+        // The same product with integer weights: W8A8 per channel, and W4 codes with DGQ-style group scales
+        // (random codes and scales: only the kernel's speed is measured here).
+        let w8 = QuantizedLinear.w8a8(weight: w.data, rows: n, cols: k)
+        let G = 128, ng = k / G
+        var codes = [UInt8](repeating: 0, count: n * k)
+        for i in 0..<codes.count { codes[i] = UInt8(truncatingIfNeeded: rng.next() % 16) }
+        let w4 = QuantizedLinear(dgq: DGQWeight(rows: n, cols: k, groupSize: G, codes: codes, scales: [Int8](repeating: 8, count: n * ng),
+                                                zeros: [Int8](repeating: 8, count: n * ng), rowScales: [Float](repeating: 1e-3, count: n)),
+                                 inputScale: nil)
         func ms(_ body: () -> Void) -> Double {
             body()
             return median((0..<runs).map { _ in time(body) }) * 1e3
@@ -87,7 +96,9 @@ extension Measure {
         return rows.map { m in
             (m, ms { linear.apply(x.data, rows: m, into: y.data) },
              ms { BLAS.matmulNT(x.data, w.data, y.data, m: m, k: k, n: n) },
-             ms { for i in 0..<m { BLAS.matvec(w.data, x.data + i * k, y.data + i * n, n: n, k: k) } })
+             ms { for i in 0..<m { BLAS.matvec(w.data, x.data + i * k, y.data + i * n, n: n, k: k) } },
+             ms { w8.apply(x.data, rows: m, into: y.data) },
+             ms { w4.apply(x.data, rows: m, into: y.data) })
         }
     }
 }

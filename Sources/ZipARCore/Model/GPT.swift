@@ -51,7 +51,8 @@ public final class GPT {
         let qkvRows = (config.n_head + 2 * config.kvHeads) * hd
         // Every shape is checked against the config before any compute.
         func t(_ name: String, _ shape: [Int]) throws -> Tensor { try weights.tensor(name, shape: shape) }
-        func lin(_ name: String, _ shape: [Int]) throws -> Linear { Linear(weight: try t(name, shape)) }
+        // Float or quantized (integer tensors + scales, see QuantFormat).
+        func lin(_ name: String, _ shape: [Int]) throws -> Linear { try QuantFormat.loadLinear(weights, name, shape: shape) }
         tok_embeddings = try t("tok_embeddings.weight", [config.vocab_size, d])
         if config.isT2I {
             guard config.cls_token_num == 120 || weights.tensors["cls_embedding.uncond_embedding"]?.shape.first == config.cls_token_num else {
@@ -111,12 +112,12 @@ public final class GPT {
     }
 
     public var parameterCount: Int {
-        var n = tok_embeddings.count + norm.count + output.weight.count
+        var n = tok_embeddings.count + norm.count + output.parameterCount
         n += cls_embedding_table?.count ?? 0
-        n += (uncond_embedding?.count ?? 0) + (cap_proj_fc1?.weight.count ?? 0) + (cap_proj_fc2?.weight.count ?? 0)
+        n += (uncond_embedding?.count ?? 0) + (cap_proj_fc1?.parameterCount ?? 0) + (cap_proj_fc2?.parameterCount ?? 0)
         for l in layers {
             n += l.attention_norm.count + l.ffn_norm.count
-            n += l.wqkv.weight.count + l.wo.weight.count + l.w1.weight.count + l.w2.weight.count + l.w3.weight.count
+            n += l.wqkv.parameterCount + l.wo.parameterCount + l.w1.parameterCount + l.w2.parameterCount + l.w3.parameterCount
         }
         return n
     }

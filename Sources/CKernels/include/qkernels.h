@@ -1,0 +1,43 @@
+#ifndef QKERNELS_H
+#define QKERNELS_H
+#include <stddef.h>
+#include <stdint.h>
+
+/* Integer GEMM for quantized Linear weights (qkernels.c): int8 activations x integer weights,
+   int32 accumulation, one float rescale per output. Weights are re-laid-out once at load time in
+   blocks of 16 output rows (the 16 int32 lanes of a 512-bit register):
+
+   W4 (DGQ A8W4): packed[block][k/8][64 bytes]; byte 4*l + t of a 64-byte chunk holds, for row
+     16*block + l, the 4-bit code of column k0+t in its low nibble and of column k0+4+t in its high
+     nibble. S[block][group][16] and Z[block][group][16] are the integer group scale and zero point.
+     Effective int8 weight: w8 = S * (q - Z), always within [-127, 127].
+   W8 (per-channel W8A8): packed[block][k/4][64 bytes]; byte 4*l + t = w8[16*block + l][k0 + t] + 128.
+
+   Rows past n are padding (codes 0, S 1, Z 0, rowscale 0). k must be a multiple of 8 (W4) or 4 (W8),
+   and group a multiple of 8 dividing k. */
+
+/* Which integer kernels run: 2 = AVX-512 VNNI, 1 = AVX2, 0 = portable C. ck_qkernel_level() is the
+   best this CPU has; ck_qkernel_force(-1) restores automatic choice (tests force the lower levels). */
+int ck_qkernel_level(void);
+void ck_qkernel_force(int level);
+
+/* Activation quantization, one row at a time: if static_scale > 0 every row uses it, else row i uses
+   sx[i] = max(max_p |x[i,p]|, 1e-5) / 127. xq = clamp(RNE(x / sx), lo, 127) with a true divide
+   (lo = -128 as the DGQ kernel path, or -127). gsum[i*(k/group) + g] = sum of xq over group g. */
+void ck_quantize_act(const float *x, int m, int k, int ldx, float static_scale, int lo, int group,
+                     int8_t *xq, float *sx, int32_t *gsum);
+
+/* y[i*ldy + j] = (float)acc[i][j] * (rowscale[j] * sx[i])  for i < m, j in [16*b0, min(16*b1, n)), with
+   W4: acc[i][j] = sum_g S[j,g] * (sum_{p in g} xq[i,p] * q[j,p] - Z[j,g] * gsum[i,g])  (= sum_p xq * w8, exact)
+   W8: acc[i][j] = sum_p xq[i,p] * w8[j,p]                                            (gsum has group = k)
+   If accOut is not NULL the int32 accumulators are stored there too (accOut[i*ldacc + j]; for tests). */
+void ck_qgemm_w4(const int8_t *xq, const float *sx, const int32_t *gsum, int m, int k, int group,
+                 const uint8_t *packed, const int8_t *S, const int8_t *Z, const float *rowscale, int n,
+                 int b0, int b1, float *y, int ldy, int32_t *accOut, int ldacc);
+void ck_qgemm_w8(const int8_t *xq, const float *sx, const int32_t *gsum, int m, int k,
+                 const uint8_t *packed, const float *rowscale, int n,
+                 int b0, int b1, float *y, int ldy, int32_t *accOut, int ldacc);
+/* One DGQ search candidate over n weights (see qkernels.c); used by DGQ.search on both phases. */
+void ck_dgq_fakequant(const float *w, const float *src, float *clamped, int n, float lo, float hi,
+                      float s, float z, float qlo, float qhi, float *diff);
+#endif

@@ -1,0 +1,81 @@
+import Foundation
+
+/// Quantized Linear weights in a safetensors file (documented in README "Quantized weights").
+/// A Linear stored as `P.weight` (float) may instead be stored, with P the name without ".weight", as
+///   W4A8 (DGQ):  P.qweight U8 [n, k/2]  two 4-bit codes per byte, column 2c in the high nibble (DGQ's packW4W8)
+///                P.wscales I8 [n, k/G]  integer group scale S >= 1
+///                P.wzeros  I8 [n, k/G]  integer zero point z
+///                P.wscales8 F32 [n]     row scale s8;   weight = s8 * S * (q - z), |S * (q - z)| <= 127
+///                P.input_scale F32 [1]  optional static activation scale s_x (absent: per-token scales)
+///   W8A8:        P.qweight I8 [n, k], P.wscales8 F32 [n];   weight = s8 * q
+public enum QuantFormat {
+    /// The prefix of a `.weight` name.
+    static func prefix(_ name: String) -> String { name.hasSuffix(".weight") ? String(name.dropLast(7)) : name }
+
+    /// Whether the file stores this Linear quantized.
+    public static func isQuantized(_ file: SafeTensorsFile, _ name: String) -> Bool { file.tensors[prefix(name) + ".qweight"] != nil }
+
+    /// Loads a Linear [n, k] stored either as float `name` or in a quantized form.
+    public static func loadLinear(_ file: SafeTensorsFile, _ name: String, shape: [Int]) throws -> Linear {
+        let p = prefix(name)
+        guard let qi = file.tensors[p + ".qweight"] else { return Linear(weight: try file.tensor(name, shape: shape)) }
+        let n = shape[0], k = shape[1]
+        func bad(_ why: String) -> ZipARError { ZipARError("\(file.path): quantized '\(p)': \(why)") }
+        let s8t = try file.tensor(p + ".wscales8")
+        guard s8t.shape == [n] else { throw bad("wscales8 has shape \(s8t.shape), expected [\(n)]") }
+        let s8 = s8t.array
+        guard s8.allSatisfy({ $0.isFinite }) else { throw bad("wscales8 holds a non-finite value") }
+        switch qi.dtype {
+        case .U8:
+            guard qi.shape == [n, k / 2], k % 8 == 0 else { throw bad("qweight U8 has shape \(qi.shape), expected [\(n), \(k / 2)] with \(k) a multiple of 8") }
+            guard let si = file.tensors[p + ".wscales"], let zi = file.tensors[p + ".wzeros"], si.dtype == .I8, zi.dtype == .I8,
+                  si.shape.count == 2, si.shape[0] == n, si.shape == zi.shape else {
+                throw bad("W4 weights need wscales and wzeros, I8 [\(n), groups]")
+            }
+            let ng = si.shape[1]
+            guard ng > 0, k % ng == 0, (k / ng) % 8 == 0 else { throw bad("\(ng) groups do not split \(k) columns into multiples of 8") }
+            let S = try file.ints(p + ".wscales").map { Int8($0) }, Z = try file.ints(p + ".wzeros").map { Int8($0) }
+            guard S.allSatisfy({ $0 >= 1 }) else { throw bad("wscales must be >= 1") }
+            let packed = [UInt8](file.bytes(qi))
+            let w: DGQWeight
+            do { w = try DGQWeight(rows: n, cols: k, packedOfficial: packed, scales: S, zeros: Z, rowScales: s8) }
+            catch let e as ZipARError { throw bad(e.message) }
+            var sx: Float? = nil
+            if file.tensors[p + ".input_scale"] != nil {
+                let t = try file.tensor(p + ".input_scale")
+                guard t.count == 1, t[0] > 0, t[0].isFinite else { throw bad("input_scale must be one positive number") }
+                sx = t[0]
+            }
+            return Linear(quantized: QuantizedLinear(dgq: w, inputScale: sx))
+        case .I8:
+            guard qi.shape == [n, k], k % 4 == 0 else { throw bad("qweight I8 has shape \(qi.shape), expected [\(n), \(k)] with \(k) a multiple of 4") }
+            let q = file.bytes(qi).map { Int8(bitPattern: $0) }
+            return Linear(quantized: QuantizedLinear(int8: q, rows: n, cols: k, rowScales: s8))
+        default:
+            throw bad("qweight is \(qi.dtype); expected U8 (W4A8) or I8 (W8A8)")
+        }
+    }
+
+    /// The safetensors entries of a Linear named `name` (`P.weight` for fp32, the tensors above otherwise).
+    public static func entries(_ lin: Linear, name: String) -> [SafeTensorsWriter.Entry] {
+        guard let q = lin.quantized else { return [.f32(name, lin.weight!)] }
+        let p = prefix(name), n = q.outFeatures, k = q.inFeatures
+        func f32(_ suffix: String, _ v: [Float]) -> SafeTensorsWriter.Entry {
+            SafeTensorsWriter.Entry(name: p + suffix, dtype: .F32, shape: [v.count], bytes: v.withUnsafeBytes { Data($0) })
+        }
+        func i8(_ suffix: String, _ v: [Int8], _ shape: [Int]) -> SafeTensorsWriter.Entry {
+            SafeTensorsWriter.Entry(name: p + suffix, dtype: .I8, shape: shape, bytes: v.withUnsafeBytes { Data($0) })
+        }
+        switch q.scheme {
+        case .w4a8dgq:
+            let w = q.dgqWeight!
+            var out = [SafeTensorsWriter.Entry(name: p + ".qweight", dtype: .U8, shape: [n, k / 2], bytes: Data(w.packedOfficial())),
+                       i8(".wscales", w.scales, [n, w.groups]), i8(".wzeros", w.zeros, [n, w.groups]), f32(".wscales8", w.rowScales)]
+            if let sx = q.inputScale { out.append(f32(".input_scale", [sx])) }
+            return out
+        default:
+            let v = (0..<(n * k)).map { Int8(q.w8($0 / k, $0 % k)) }
+            return [i8(".qweight", v, [n, k]), f32(".wscales8", q.rowScales)]
+        }
+    }
+}

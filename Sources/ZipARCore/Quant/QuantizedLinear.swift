@@ -1,0 +1,195 @@
+import CKernels
+import Foundation
+
+/// Quantization schemes for the transformer's Linear weights.
+public enum WeightScheme: String, CaseIterable, Sendable {
+    case fp32
+    /// INT8 weights, one float scale per output row (symmetric, absmax/127); INT8 activations per token.
+    case w8a8
+    /// DGQ A8W4: 4-bit codes, integer group scales/zeros, float row scale; INT8 activations.
+    case w4a8dgq = "w4a8-dgq"
+}
+
+/// A Linear layer with integer weights, run by the integer GEMM of qkernels.c: activations are
+/// quantized to INT8 (a static per-tensor scale from calibration, or per token), multiplied with
+/// INT32 accumulation, and rescaled once per output by rowScale * activationScale.
+/// The weights are re-laid-out once into the kernels' 16-row blocks (see qkernels.h).
+public final class QuantizedLinear {
+    public let scheme: WeightScheme
+    public let outFeatures: Int, inFeatures: Int
+    /// W4: input columns per group (S, z); W8: inFeatures.
+    public let groupSize: Int
+    /// Static activation scale s_x (DGQ's calibrated clip / 127); nil = dynamic per-token absmax / 127.
+    public let inputScale: Float?
+    let blocks: Int
+    let packed: UnsafeMutablePointer<UInt8>
+    let S: UnsafeMutablePointer<Int8>?, Z: UnsafeMutablePointer<Int8>?
+    let rowScale: UnsafeMutablePointer<Float>
+
+    private static func alloc<T>(_ n: Int, _ v: T) -> UnsafeMutablePointer<T> {
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: max(64, (n * MemoryLayout<T>.stride + 63) & ~63), alignment: 64)
+        let p = raw.bindMemory(to: T.self, capacity: n)
+        p.initialize(repeating: v, count: n)
+        return p
+    }
+
+    /// A DGQ weight (codes, S, z, s8). k must be a multiple of 8 and of the group size.
+    public init(dgq w: DGQWeight, inputScale: Float?) {
+        precondition(w.cols % 8 == 0 && w.groupSize % 8 == 0 && w.cols % w.groupSize == 0)
+        scheme = .w4a8dgq; outFeatures = w.rows; inFeatures = w.cols; groupSize = w.groupSize; self.inputScale = inputScale
+        let n = w.rows, k = w.cols, ng = w.groups
+        blocks = (n + 15) / 16
+        packed = Self.alloc(blocks * k * 8, 0)
+        S = Self.alloc(blocks * ng * 16, 1); Z = Self.alloc(blocks * ng * 16, 0)
+        rowScale = Self.alloc(blocks * 16, 0)
+        for j in 0..<n {
+            let b = j / 16, l = j % 16
+            rowScale[j] = w.rowScales[j]
+            for g in 0..<ng { S![(b * ng + g) * 16 + l] = w.scales[j * ng + g]; Z![(b * ng + g) * 16 + l] = w.zeros[j * ng + g] }
+            for p in 0..<k {
+                let c = p / 8, t = p % 8
+                let byte = b * (k / 8) * 64 + c * 64 + 4 * l + (t & 3)
+                packed[byte] |= t < 4 ? w.codes[j * k + p] : w.codes[j * k + p] << 4
+            }
+        }
+    }
+
+    /// INT8 weights [n, k] with a float scale per row. k must be a multiple of 4.
+    public init(int8 q: [Int8], rows n: Int, cols k: Int, rowScales: [Float]) {
+        precondition(k % 4 == 0 && q.count == n * k && rowScales.count == n)
+        scheme = .w8a8; outFeatures = n; inFeatures = k; groupSize = k; inputScale = nil
+        blocks = (n + 15) / 16
+        packed = Self.alloc(blocks * k * 16, 128)
+        S = nil; Z = nil
+        rowScale = Self.alloc(blocks * 16, 0)
+        for j in 0..<n {
+            let b = j / 16, l = j % 16
+            rowScale[j] = rowScales[j]
+            for p in 0..<k { packed[b * (k / 4) * 64 + (p / 4) * 64 + 4 * l + p % 4] = UInt8(Int(q[j * k + p]) + 128) }
+        }
+    }
+
+    deinit {
+        UnsafeMutableRawPointer(packed).deallocate(); UnsafeMutableRawPointer(rowScale).deallocate()
+        if let S { UnsafeMutableRawPointer(S).deallocate() }
+        if let Z { UnsafeMutableRawPointer(Z).deallocate() }
+    }
+
+    /// Symmetric per-output-channel INT8 (the W8A8 baseline; llama.cpp Q8_0's rule with one block per row):
+    /// s = max|w_row| / 127, q = RNE(w / s).
+    public static func w8a8(weight w: UnsafePointer<Float>, rows n: Int, cols k: Int) -> QuantizedLinear {
+        var q = [Int8](repeating: 0, count: n * k), s = [Float](repeating: 0, count: n)
+        for j in 0..<n {
+            var amax: Float = 0
+            for p in 0..<k { amax = max(amax, abs(w[j * k + p])) }
+            let sc = amax > 0 ? amax / 127 : 1
+            s[j] = sc
+            for p in 0..<k { q[j * k + p] = Int8(min(max(rne(w[j * k + p] / sc), -127), 127)) }
+        }
+        return QuantizedLinear(int8: q, rows: n, cols: k, rowScales: s)
+    }
+
+    /// Bytes one pass streams: codes, group scales and zeros, row scales (padding rows included).
+    public var bytes: Int {
+        let codes = scheme == .w8a8 ? blocks * 16 * inFeatures : blocks * 16 * inFeatures / 2
+        let groups = scheme == .w8a8 ? 0 : 2 * blocks * 16 * (inFeatures / groupSize)
+        return codes + groups + blocks * 16 * 4
+    }
+
+    // MARK: reading the weights back (saving, tests)
+
+    /// The INT8 weight w8 of row j, column p.
+    public func w8(_ j: Int, _ p: Int) -> Int {
+        let b = j / 16, l = j % 16, k = inFeatures
+        if scheme == .w8a8 { return Int(packed[b * (k / 4) * 64 + (p / 4) * 64 + 4 * l + p % 4]) - 128 }
+        return Int(S![(b * (k / groupSize) + p / groupSize) * 16 + l]) * (Int(code(j, p)) - Int(Z![(b * (k / groupSize) + p / groupSize) * 16 + l]))
+    }
+
+    func code(_ j: Int, _ p: Int) -> UInt8 {
+        let b = j / 16, l = j % 16, k = inFeatures, t = p % 8
+        let byte = packed[b * (k / 8) * 64 + (p / 8) * 64 + 4 * l + (t & 3)]
+        return t < 4 ? byte & 15 : byte >> 4
+    }
+
+    /// The DGQ weight in its storage form (W4 only).
+    public var dgqWeight: DGQWeight? {
+        guard scheme == .w4a8dgq, let S, let Z else { return nil }
+        let n = outFeatures, k = inFeatures, ng = k / groupSize
+        var codes = [UInt8](repeating: 0, count: n * k), s = [Int8](repeating: 0, count: n * ng), z = s
+        for j in 0..<n {
+            for p in 0..<k { codes[j * k + p] = code(j, p) }
+            for g in 0..<ng { s[j * ng + g] = S[((j / 16) * ng + g) * 16 + j % 16]; z[j * ng + g] = Z[((j / 16) * ng + g) * 16 + j % 16] }
+        }
+        return DGQWeight(rows: n, cols: k, groupSize: groupSize, codes: codes, scales: s, zeros: z,
+                         rowScales: (0..<n).map { rowScale[$0] })
+    }
+
+    public var rowScales: [Float] { (0..<outFeatures).map { rowScale[$0] } }
+
+    /// The float weight the kernel effectively multiplies with: rowScale * w8.
+    public func dequantized() -> Tensor {
+        let t = Tensor(shape: [outFeatures, inFeatures])
+        for j in 0..<outFeatures { for p in 0..<inFeatures { t.data[j * inFeatures + p] = Float(w8(j, p)) * rowScale[j] } }
+        return t
+    }
+
+    // MARK: compute
+
+    /// y[m, out] = x[m, in] · Wᵀ (integer GEMM). Scratch is shared and grown on demand, so the
+    /// steady state allocates nothing.
+    public func apply(_ x: UnsafePointer<Float>, rows m: Int, into y: UnsafeMutablePointer<Float>) {
+        QuantScratch.shared.with(rows: m, cols: inFeatures, groups: inFeatures / groupSize) { xq, sx, gsum in
+            run(x, m, y, xq, sx, gsum, acc: nil)
+        }
+    }
+
+    /// The same, also returning the int8 activations and the int32 accumulators (tests).
+    public func apply(_ x: UnsafePointer<Float>, rows m: Int, into y: UnsafeMutablePointer<Float>, accumulators: inout [Int32]) -> [Int8] {
+        precondition(accumulators.count >= m * outFeatures)
+        var out: [Int8] = []
+        QuantScratch.shared.with(rows: m, cols: inFeatures, groups: inFeatures / groupSize) { xq, sx, gsum in
+            accumulators.withUnsafeMutableBufferPointer { run(x, m, y, xq, sx, gsum, acc: $0.baseAddress) }
+            out = Array(UnsafeBufferPointer(start: xq, count: m * inFeatures))
+        }
+        return out
+    }
+
+    private func run(_ x: UnsafePointer<Float>, _ m: Int, _ y: UnsafeMutablePointer<Float>, _ xq: UnsafeMutablePointer<Int8>,
+                     _ sx: UnsafeMutablePointer<Float>, _ gsum: UnsafeMutablePointer<Int32>, acc: UnsafeMutablePointer<Int32>?) {
+        let n = outFeatures, k = inFeatures
+        // W8 keeps activations in [-127, 127] (the AVX2 path moves signs onto them); DGQ's kernel path clamps to -128.
+        ck_quantize_act(x, Int32(m), Int32(k), Int32(k), inputScale ?? 0, scheme == .w8a8 ? -127 : -128, Int32(groupSize), xq, sx, gsum)
+        // Blocks of 16 rows split across workers; small weights stay on one thread.
+        let chunks = n * k >= 1 << 18 ? min(4 * Parallel.threads, max(1, blocks / 4)) : 1
+        Parallel.run(chunks: chunks) { part, parts, _ in
+            let r = Parallel.range(part, of: parts, n: blocks)
+            guard !r.isEmpty else { return }
+            if scheme == .w8a8 {
+                ck_qgemm_w8(xq, sx, gsum, Int32(m), Int32(k), packed, rowScale, Int32(n), Int32(r.lowerBound), Int32(r.upperBound),
+                            y, Int32(n), acc, Int32(n))
+            } else {
+                ck_qgemm_w4(xq, sx, gsum, Int32(m), Int32(k), Int32(groupSize), packed, S, Z, rowScale, Int32(n),
+                            Int32(r.lowerBound), Int32(r.upperBound), y, Int32(n), acc, Int32(n))
+            }
+        }
+    }
+}
+
+/// Activation scratch shared by all quantized layers (int8 rows, row scales, group sums). Grown on
+/// demand and never shrunk; the lock only makes concurrent use from different threads safe.
+final class QuantScratch {
+    static let shared = QuantScratch()
+    private let lock = NSLock()
+    private var xq = UnsafeMutablePointer<Int8>.allocate(capacity: 1), xqCap = 1
+    private var sx = UnsafeMutablePointer<Float>.allocate(capacity: 1), sxCap = 1
+    private var gs = UnsafeMutablePointer<Int32>.allocate(capacity: 1), gsCap = 1
+
+    func with(rows m: Int, cols k: Int, groups: Int,
+              _ body: (UnsafeMutablePointer<Int8>, UnsafeMutablePointer<Float>, UnsafeMutablePointer<Int32>) -> Void) {
+        lock.lock(); defer { lock.unlock() }
+        if xqCap < m * k { xq.deallocate(); xqCap = m * k; xq = .allocate(capacity: xqCap) }
+        if sxCap < m { sx.deallocate(); sxCap = m; sx = .allocate(capacity: sxCap) }
+        if gsCap < m * groups { gs.deallocate(); gsCap = m * groups; gs = .allocate(capacity: gsCap) }
+        body(xq, sx, gs)
+    }
+}
