@@ -1,0 +1,412 @@
+import CKernels
+import XCTest
+@testable import ZipARCore
+
+/// ZipCache against the official code's outputs (../shared/fixtures/quant/zipcache.*, README section 1).
+final class ZipCacheFixtureTests: XCTestCase {
+    let H = 4, L = 40, D = 16
+    var C: Int { H * D }
+
+    func load() throws -> (SafeTensorsFile, [String: Any]) {
+        (try Fixtures.safetensors("quant/zipcache.safetensors"), try Fixtures.json("quant/zipcache.json"))
+    }
+
+    func u8(_ f: SafeTensorsFile, _ name: String) throws -> [UInt8] { try f.ints(name).map { UInt8($0) } }
+    func floats(_ f: SafeTensorsFile, _ name: String) throws -> [Float] { let t = try f.tensor(name); return Array(UnsafeBufferPointer(start: t.data, count: t.count)) }
+
+    func assertClose(_ a: [Float], _ b: [Float], atol: Float = 0, rtol: Float = 0, _ what: String, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertEqual(a.count, b.count, what, file: file, line: line)
+        var worst: Float = 0
+        for (x, y) in zip(a, b) { worst = max(worst, abs(x - y) - rtol * abs(y)) }
+        XCTAssertLessThanOrEqual(worst, atol, "\(what): worst excess \(worst)", file: file, line: line)
+    }
+
+    /// Our own softmax(q k^T / sqrt(D) + causal mask) matches the fixture's attention probabilities.
+    func testAttentionProbabilities() throws {
+        let (f, _) = try load()
+        let q = try floats(f, "q"), k = try floats(f, "k"), probs = try floats(f, "attn_probs")
+        var mine = [Float](repeating: 0, count: H * L * L)
+        for h in 0..<H { for r in 0..<L {
+            var s = [Double](repeating: 0, count: r + 1)
+            for j in 0...r { for d in 0..<D { s[j] += Double(q[(h * L + r) * D + d]) * Double(k[(h * L + j) * D + d]) }; s[j] /= 4 }
+            let m = s.max()!, e = s.map { exp($0 - m) }, z = e.reduce(0, +)
+            for j in 0...r { mine[(h * L + r) * L + j] = Float(e[j] / z) }
+        } }
+        assertClose(mine, probs, atol: 1e-6, "attn_probs")
+    }
+
+    /// Scores, split ids, codes, packed bytes, parameters and dequantized K/V of the three variants.
+    func testEveryVariantMatchesOfficialCode() throws {
+        let (f, json) = try load()
+        let k = try floats(f, "k"), v = try floats(f, "v"), probs = try floats(f, "attn_probs")
+        let probeIds = (json["probe_ids"] as! [NSNumber]).map { $0.intValue }
+        XCTAssertEqual(Array(probeIds.prefix(2)), ZipCache.recentProbeRows(L), "the official recent probes are the last 5%")
+        XCTAssertEqual(ZipCache.regularCount(L), json["n_regular"] as? Int)
+
+        var exactScores: [[Float]] = []
+        for variant in ["exact", "probe", "shared"] {
+            let P = variant + "_"
+            var salient: [[Int]] = [], regular: [[Int]] = []
+            if variant == "shared" {
+                // Head-agnostic: the exact score summed over heads, one split for every head.
+                var s = [Float](repeating: 0, count: L)
+                for h in 0..<H { for i in 0..<L { s[i] += exactScores[h][i] } }
+                assertClose(s, try floats(f, "shared_score"), atol: 1e-6, "shared_score")
+                let (sal, reg) = ZipCache.split(scores: s)
+                salient = Array(repeating: sal, count: H); regular = Array(repeating: reg, count: H)
+            } else {
+                var scores: [Float] = []
+                for h in 0..<H {
+                    let rows = variant == "exact" ? Array(0..<L) : probeIds
+                    let s = probs.withUnsafeBufferPointer { ZipCache.causalScore(probs: $0.baseAddress! + h * L * L, length: L, probeRows: rows) }
+                    if variant == "exact" { exactScores.append(s) }
+                    scores += s
+                    let (sal, reg) = ZipCache.split(scores: s)
+                    salient.append(sal); regular.append(reg)
+                }
+                assertClose(scores, try floats(f, P + "score"), atol: 1e-6, P + "score")
+            }
+            // Split ids: exact, regular in ascending-score order.
+            let sal = try f.ints(P + "important_ids"), reg = try f.ints(P + "unimportant_ids")
+            XCTAssertEqual(salient.flatMap { $0 }, sal, P + "important_ids")
+            XCTAssertEqual(regular.flatMap { $0 }, reg, P + "unimportant_ids")
+
+            let out = ZipCache.compress(keys: k, values: v, heads: H, length: L, headDim: D, salientIds: salient, regularIds: regular)
+            for (set, name, bits) in [(out.salient, "sal", 4), (out.regular, "reg", 2)] {
+                XCTAssertEqual(set.keyCodes, try u8(f, P + "k_\(name)_codes"), P + "k_\(name)_codes")
+                XCTAssertEqual(set.valueCodes, try u8(f, P + "v_\(name)_codes"), P + "v_\(name)_codes")
+                assertClose(set.keyMin, try floats(f, P + "k_\(name)_min"), rtol: 1e-6, P + "k_\(name)_min")
+                assertClose(set.keyStep, try floats(f, P + "k_\(name)_step"), rtol: 1e-6, P + "k_\(name)_step")
+                assertClose(set.valueMin, try floats(f, P + "v_\(name)_min"), rtol: 1e-6, P + "v_\(name)_min")
+                assertClose(set.valueStep, try floats(f, P + "v_\(name)_step"), rtol: 1e-6, P + "v_\(name)_step")
+                // Official packing along the 64 flattened channels of a row.
+                for (codes, tensor) in [(set.keyCodes, "k"), (set.valueCodes, "v")] {
+                    let rows = codes.count / C, rb = KVQuant.packedBytes(bits: bits, d: C)
+                    var packed = [UInt8](repeating: 0, count: rows * rb)
+                    for r in 0..<rows { codes.withUnsafeBufferPointer { c in packed.withUnsafeMutableBufferPointer { p in
+                        KVQuant.pack(c.baseAddress! + r * C, bits: bits, d: C, into: p.baseAddress! + r * rb) } } }
+                    XCTAssertEqual(packed, try u8(f, P + "\(tensor)_\(name)_packed"), P + "\(tensor)_\(name)_packed")
+                    var back = [UInt8](repeating: 0, count: codes.count)
+                    for r in 0..<rows { packed.withUnsafeBufferPointer { p in back.withUnsafeMutableBufferPointer { c in
+                        KVQuant.unpack(p.baseAddress! + r * rb, bits: bits, d: C, into: c.baseAddress! + r * C) } } }
+                    XCTAssertEqual(back, codes, "unpack inverts pack")
+                }
+            }
+            assertClose(out.channelScale, try floats(f, P + "v_channel_scale"), rtol: 1e-6, P + "v_channel_scale")
+            assertClose(out.keyDequant, try floats(f, P + "k_dequant"), atol: 1e-5, P + "k_dequant")
+            assertClose(out.valueDequant, try floats(f, P + "v_dequant"), atol: 1e-5, P + "v_dequant")
+        }
+    }
+}
+
+/// The streaming block-quantized caches: kernels against naive references, ZipAR-aware saliency,
+/// and the model's logits against the fp32 cache.
+final class KVCacheQuantTests: XCTestCase {
+    func randomKV(_ rng: inout RNG, _ n: Int) -> [Float] { (0..<n).map { _ in rng.nextNormal() } }
+
+    /// The C dequantizers rebuild what the Swift quantizer encoded (fp16 parameters, planar codes,
+    /// permuted ids): every element is within half a step of the input (plus fp16 rounding).
+    func testDequantKernelsMatchQuantizer() {
+        var rng = RNG(seed: 5)
+        for d in [16, 64, 100] {
+            for bits in [2, 4, 8] {
+                let rows = 12, x = randomKV(&rng, rows * d)
+                // Channel-wise, rows written to permuted slots.
+                var codes = [UInt8](repeating: 0, count: rows * d), mins = [Float](repeating: 0, count: d), steps = mins
+                KVQuant.channelwise(x, rows: rows, d: d, ld: d, bits: bits, codes: &codes, mins: &mins, steps: &steps, round: KVQuant.toHalf)
+                let rb = KVQuant.packedBytes(bits: bits, d: d)
+                var packed = [UInt8](repeating: 0, count: rows * rb)
+                for r in 0..<rows { codes.withUnsafeBufferPointer { c in packed.withUnsafeMutableBufferPointer { p in
+                    KVQuant.pack(c.baseAddress! + r * d, bits: bits, d: d, into: p.baseAddress! + r * rb) } } }
+                let ids: [UInt16] = (0..<rows).map { UInt16((rows - 1 - $0 * 5 % rows + rows) % rows) }
+                XCTAssertEqual(Set(ids).count, rows)
+                var out = [Float](repeating: .nan, count: rows * d)
+                let mh = mins.map { Float16($0).bitPattern }, sh = steps.map { Float16($0).bitPattern }
+                ck_kv_dequant_channel(packed, Int32(bits), Int32(rows), Int32(d), mh, sh, ids, &out)
+                for r in 0..<rows { for c in 0..<d {
+                    let want = Float(codes[r * d + c]) * steps[c] + mins[c]
+                    XCTAssertEqual(out[Int(ids[r]) * d + c], want, accuracy: 1e-6 * max(1, abs(want)), "channel d=\(d) bits=\(bits)")
+                    XCTAssertLessThanOrEqual(abs(want - x[r * d + c]), steps[c] / 2 + 2e-3 * (abs(x[r * d + c]) + 1), "channel error bound")
+                } }
+                // Token-wise with groups and a channel scale.
+                let g = d % 32 == 0 ? 32 : d, G = d / g
+                var tparams = [UInt16](repeating: 0, count: rows * 2 * G), tcodes = [UInt8](repeating: 0, count: rows * d)
+                var expect = [Float](repeating: 0, count: rows * d)
+                let cs = (0..<d).map { _ in Float(Float16(0.5 + abs(rng.nextNormal()))) }
+                for r in 0..<rows {
+                    var m = [Float](repeating: 0, count: G), s = m
+                    x.withUnsafeBufferPointer { xp in tcodes.withUnsafeMutableBufferPointer { cp in
+                        KVQuant.tokenwise(xp.baseAddress! + r * d, d: d, group: g, bits: bits, codes: cp.baseAddress! + r * d,
+                                          mins: &m, steps: &s, round: KVQuant.toHalf) } }
+                    for i in 0..<G { tparams[r * 2 * G + i] = Float16(m[i]).bitPattern; tparams[r * 2 * G + G + i] = Float16(s[i]).bitPattern }
+                    for c in 0..<d { expect[r * d + c] = (Float(tcodes[r * d + c]) * s[c / g] + m[c / g]) * cs[c] }
+                }
+                var tpacked = [UInt8](repeating: 0, count: rows * rb)
+                for r in 0..<rows { tcodes.withUnsafeBufferPointer { c in tpacked.withUnsafeMutableBufferPointer { p in
+                    KVQuant.pack(c.baseAddress! + r * d, bits: bits, d: d, into: p.baseAddress! + r * rb) } } }
+                var tout = [Float](repeating: .nan, count: rows * d)
+                ck_kv_dequant_token(tpacked, Int32(bits), Int32(rows), Int32(d), Int32(g), tparams, Int32(2 * G),
+                                    cs.map { Float16($0).bitPattern }, nil, &tout)
+                for i in 0..<(rows * d) { XCTAssertEqual(tout[i], expect[i], accuracy: 1e-5 * max(1, abs(expect[i])), "token d=\(d) bits=\(bits)") }
+            }
+        }
+    }
+
+    /// A cache of every quantized kind, filled out of order with random K/V: each sealed block
+    /// rebuilds the input within the quantization error, ZipCache's blocks equal the fixture-verified
+    /// reference `ZipCache.compress` on the same split (up to fp16 parameter rounding), and attention
+    /// over the compressed form equals naive attention over the dequantized block + fp16 recent slots.
+    func testStreamingCacheBlocksAndAttention() {
+        let heads = 2, hd = 16, slots = 70, layers = 2, batch = 2
+        var opts = KVCacheOptions(); opts.zipBlock = 20; opts.kiviGroup = 16
+        for kind in [KVCacheKind.int8, .kivi2, .kivi4, .zipcache] {
+            var rng = RNG(seed: 11)
+            let cache = KVCache(batch: batch, layers: layers, kvHeads: heads, slots: slots, headDim: hd, kind: kind, options: opts)
+            let q = cache.storage as! QuantizedKV
+            var K = [Float](repeating: 0, count: batch * layers * heads * slots * hd), V = K
+            func idx(_ b: Int, _ l: Int, _ h: Int, _ s: Int) -> Int { (((b * layers + l) * heads + h) * slots + s) * hd }
+            // Outlier channels, as real keys have.
+            for b in 0..<batch { for l in 0..<layers { for h in 0..<heads { for s in 0..<slots { for d in 0..<hd {
+                K[idx(b, l, h, s) + d] = rng.nextNormal() * (d == 3 ? 6 : 1) + (d == 3 ? 4 : 0)
+                V[idx(b, l, h, s) + d] = rng.nextNormal() * (d == 7 ? 5 : 1)
+            } } } } }
+            // Write in a scrambled order within windows of 8 (like ZipAR), sealing as slots become final.
+            var order: [Int] = []
+            for w in stride(from: 0, to: slots, by: 8) { order += (w..<min(slots, w + 8)).reversed() }
+            let S = slots
+            let masks = UnsafeMutablePointer<UInt8>.allocate(capacity: 4 * S); defer { masks.deallocate() }
+            let scores = UnsafeMutablePointer<Float>.allocate(capacity: 8 * S); defer { scores.deallocate() }
+            var outQ = [Float](repeating: 0, count: 4 * hd)
+            var naiveAcc = [Float](repeating: 0, count: batch * layers * slots), naiveCount = [Int](repeating: 0, count: batch * slots)
+            var worstAttention: Float = 0
+            for (step, s) in order.enumerated() {
+                for b in 0..<batch { for l in 0..<layers { for h in 0..<heads {
+                    K.withUnsafeBufferPointer { kp in V.withUnsafeBufferPointer { vp in
+                        cache.store(b, l, h, slot: s, key: kp.baseAddress! + idx(b, l, h, s), value: vp.baseAddress! + idx(b, l, h, s)) } }
+                } } }
+                cache.markWritten(s)
+                // Two queries per batch entry: at this slot and at the highest written slot.
+                let top = order[0...step].max()!
+                let qpos = [s, top]
+                var positions: [Int] = [], batchOf: [Int] = []
+                for b in 0..<batch { for p in qpos { positions.append(p); batchOf.append(b) } }
+                for (r, p) in positions.enumerated() {
+                    for j in 0..<S { masks[r * S + j] = j <= p && cache.written[j] ? 1 : 0 }
+                    for j in 0...p where masks[r * S + j] != 0 { naiveCount[batchOf[r] * slots + j] += 1 }
+                }
+                cache.beginPass(positions: positions, batchOf: batchOf, masks: masks)
+                let n = top + 1
+                for b in 0..<batch { for l in 0..<layers { for h in 0..<heads {
+                    let qv = randomKV(&rng, 2 * hd)
+                    var offs: [Int32] = [Int32((b * 2) * S), Int32((b * 2 + 1) * S)], qs: [Int32] = qpos.map { Int32($0) }
+                    cache.attend(b, l, h, q: qv, nq: 2, n: n, masks: masks, maskOffsets: &offs, querySlots: &qs, scale: 0.25,
+                                 scores: scores, out: &outQ, worker: 0)
+                    // Naive attention over what the cache holds: dequantized sealed blocks, fp16 recent slots.
+                    let held = heldKV(q, cache, b, l, h, n: n, K: K, V: V, idx: idx)
+                    for i in 0..<2 {
+                        var sc = [Double](repeating: -.infinity, count: n)
+                        for j in 0..<n where masks[Int(offs[i]) + j] != 0 {
+                            var dot = 0.0
+                            for d in 0..<hd { dot += Double(qv[i * hd + d]) * Double(held.k[j * hd + d]) }
+                            sc[j] = dot * 0.25
+                        }
+                        let m = sc.max()!, e = sc.map { $0 == -.infinity ? 0 : exp($0 - m) }, z = e.reduce(0, +)
+                        for j in 0..<n { naiveAcc[(b * layers + l) * slots + j] += Float(e[j] / z) }
+                        for d in 0..<hd {
+                            var o = 0.0
+                            for j in 0..<n { o += e[j] / z * Double(held.v[j * hd + d]) }
+                            worstAttention = max(worstAttention, abs(Float(o) - outQ[i * hd + d]))
+                        }
+                    }
+                } } }
+                cache.markFinal(s)
+                let before = q.sealedBlocks
+                // Check ZipCache's split against the naive normalised score before the block is sealed.
+                if kind == .zipcache, before < q.blocks.count {
+                    let blk = q.blocks[before]
+                    if blk.start + blk.count <= cache.finalUpTo && blk.start + blk.count <= q.recentHigh {
+                        for b in 0..<batch { for l in 0..<layers {
+                            var mine = [Float](), naive = [Float]()
+                            for t in 0..<blk.count {
+                                var a: Float = 0
+                                for h in 0..<heads { a += q.acc[q.headIndex(b, l, h) * q.cap + t] }
+                                let c = Float(q.counts[b * slots + blk.start + t])
+                                XCTAssertEqual(Int(c), naiveCount[b * slots + blk.start + t], "queries per slot are counted")
+                                mine.append(a / c); naive.append(naiveAcc[(b * layers + l) * slots + blk.start + t] / c)
+                            }
+                            for (x, y) in zip(mine, naive) { XCTAssertEqual(x, y, accuracy: 2e-4 * max(1, y), "normalised score") }
+                        } }
+                    }
+                }
+                cache.seal()
+                if q.sealedBlocks > before { checkSealed(q, kind, blockIndex: q.sealedBlocks - 1, K: K, V: V, idx: idx) }
+            }
+            XCTAssertGreaterThanOrEqual(q.sealedBlocks, q.blocks.count - 1, "\(kind): every complete block is sealed")
+            XCTAssertLessThan(worstAttention, 2e-4, "\(kind): attention over the compressed form")
+            // (The toy cache is smaller than its recent buffer; only the compressed part is compared.)
+            XCTAssertLessThan(q.compressedBytes, cache.fp16Bytes, "\(kind) codes are smaller than fp16")
+        }
+    }
+
+    /// Raster decoding of the tiny fixture model, teacher-forced with the same tokens: the logits of
+    /// every quantized cache stay near the fp32 cache's while blocks are sealed along the way.
+    func testLogitsNearFP32() throws {
+        let cfg = try GPTConfig(json: try Fixtures.json("llamagen/gpt_c2i_tiny.config.json"))
+        let gpt = try GPT(config: cfg, weights: try Fixtures.safetensors("llamagen/gpt_c2i_tiny.weights.safetensors"))
+        let V = cfg.vocab_size, steps = gpt.sequenceLength - 1
+        var opts = KVCacheOptions(); opts.zipBlock = 16; opts.kiviGroup = 16
+        func run(_ kind: KVCacheKind) throws -> ([Float], KVCache) {
+            let state = ForwardState(config: cfg, maxRows: 2, slots: gpt.sequenceLength)
+            let cache = gpt.makeCache(batch: 2, precision: kind, options: opts)
+            var logits: [Float] = []
+            for step in 0..<steps {
+                for b in 0..<2 {
+                    if step == 0 { try gpt.embedClass(b == 0 ? 3 : 10, into: state.input(b)) } else { gpt.embedToken((step * 37) % V, into: state.input(b)) }
+                }
+                gpt.forward(state: state, cache: cache, positions: [step, step], batchOf: [0, 1], visibility: AttentionVisibility(), logitRows: [0, 1])
+                cache.markFinal(step); cache.seal()
+                logits += Array(UnsafeBufferPointer(start: state.logits(0), count: 2 * V))
+            }
+            return (logits, cache)
+        }
+        let (ref, _) = try run(.fp32)
+        let scale = ref.map { abs($0) }.max()!
+        var errors: [KVCacheKind: Float] = [:]
+        for kind in [KVCacheKind.int8, .kivi4, .kivi2, .zipcache] {
+            let (l, cache) = try run(kind)
+            let q = cache.storage as! QuantizedKV
+            XCTAssertEqual(q.sealedBlocks, q.blocks.count - 1, "\(kind): every block but the last (never complete) is sealed")
+            var e: Float = 0
+            for i in 0..<ref.count { e = max(e, abs(l[i] - ref[i])) }
+            errors[kind] = e / scale
+        }
+        // Relative to the largest logit. A wrong slot or block mapping gives errors of order 1.
+        XCTAssertLessThan(errors[.int8]!, 0.02, "\(errors)")
+        XCTAssertLessThan(errors[.kivi4]!, 0.1, "\(errors)")
+        XCTAssertLessThan(errors[.kivi2]!, 0.4, "\(errors)")
+        XCTAssertLessThan(errors[.zipcache]!, 0.3, "\(errors)")
+        XCTAssertLessThan(errors[.int8]!, errors[.kivi4]!, "8 bits beat 4 bits")
+        XCTAssertLessThan(errors[.kivi4]!, errors[.kivi2]!, "4 bits beat 2 bits")
+        print("relative logit error vs fp32: \(errors)")
+    }
+
+    /// ZipAR writes several slots per pass out of raster order and overwrites proxies: every policy,
+    /// the adaptive window and the holes mode run with every compressed cache (a rewrite of a sealed
+    /// slot would stop the test), seal every block they can, and are deterministic.
+    func testZipARGenerationWithEveryCache() throws {
+        let cfg = try GPTConfig(json: try Fixtures.json("llamagen/gpt_c2i_tiny_gqa.config.json"))
+        let gpt = try GPT(config: cfg, weights: try Fixtures.safetensors("llamagen/gpt_c2i_tiny_gqa.weights.safetensors"))
+        var opts = KVCacheOptions(); opts.zipBlock = 12; opts.kiviGroup = 8
+        var o = GenerationOptions(); o.sampling.cfgScale = 4; o.sampling.topK = 20; o.seed = 4
+        for kind in [KVCacheKind.int8, .kivi2, .kivi4, .zipcache] {
+            for (window, policy, adaptive, holes) in [(8, ZipARPolicy.ideal, nil, false), (3, .ideal, nil, false), (2, .upstream, nil, false),
+                                                      (1, .ideal, nil, false), (4, .ideal, 2, false), (3, .upstream, nil, true)] as [(Int, ZipARPolicy, Int?, Bool)] {
+                let gen = try Generator(gpt: gpt, schedule: try Schedule.make(height: 8, width: 8, window: window, policy: policy),
+                                        kvPrecision: kind, kvOptions: opts)
+                o.adaptiveMinWindow = adaptive; o.holes = holes
+                let a = try gen.generate(.classLabel(3), options: o), b = try gen.generate(.classLabel(3), options: o)
+                XCTAssertEqual(a.tokens, b.tokens, "\(kind) window \(window) \(policy) adaptive \(adaptive ?? 0)")
+                let q = gen.cache(cfg: true).storage as! QuantizedKV
+                // All slots but the last cell's (never fed) are final at the end, so all but the last block are sealed.
+                XCTAssertEqual(q.sealedBlocks, q.blocks.count - 1, "\(kind) window \(window) \(policy)")
+            }
+        }
+    }
+
+    /// Queries per slot are counted from the masks (ZipAR), not derived from L - i.
+    func testZipCacheCountsQueriesPerSlot() {
+        let S = 10
+        let cache = KVCache(batch: 2, layers: 1, kvHeads: 1, slots: S, headDim: 16, kind: .zipcache)
+        let q = cache.storage as! QuantizedKV
+        let masks = UnsafeMutablePointer<UInt8>.allocate(capacity: 3 * S); defer { masks.deallocate() }
+        masks.initialize(repeating: 0, count: 3 * S)
+        // Row 0 (batch 0) at slot 5 sees 0,1,2,5; row 1 (batch 0) at slot 2 sees 0..2; row 2 (batch 1) at slot 7 sees 7.
+        for j in [0, 1, 2, 5] { masks[j] = 1 }
+        for j in 0...2 { masks[S + j] = 1 }
+        masks[2 * S + 7] = 1
+        cache.beginPass(positions: [5, 2, 7], batchOf: [0, 0, 1], masks: masks)
+        XCTAssertEqual((0..<S).map { Int(q.counts[$0]) }, [2, 2, 2, 0, 0, 1, 0, 0, 0, 0])
+        XCTAssertEqual((0..<S).map { Int(q.counts[S + $0]) }, [0, 0, 0, 0, 0, 0, 0, 1, 0, 0])
+    }
+
+    struct Held { var k: [Float]; var v: [Float] }
+
+    /// The keys/values the cache holds for slots [0, n) of one head, rebuilt naively.
+    func heldKV(_ q: QuantizedKV, _ cache: KVCache, _ b: Int, _ l: Int, _ h: Int, n: Int, K: [Float], V: [Float],
+                idx: (Int, Int, Int, Int) -> Int) -> Held {
+        let hd = q.headDim
+        var k = [Float](repeating: 0, count: n * hd), v = k
+        var buf = [Float](repeating: 0, count: q.blockSize * hd)
+        for bi in 0..<q.sealedBlocks {
+            let blk = q.blocks[bi]
+            q.dequantKeys(b, l, h, bi, into: &buf)
+            for i in 0..<(blk.count * hd) where blk.start * hd + i < n * hd { k[blk.start * hd + i] = buf[i] }
+            q.dequantValues(b, l, h, bi, into: &buf)
+            for i in 0..<(blk.count * hd) where blk.start * hd + i < n * hd { v[blk.start * hd + i] = buf[i] }
+        }
+        for s in q.recentStart..<n where cache.written[s] {
+            for d in 0..<hd {
+                k[s * hd + d] = Float(Float16(K[idx(b, l, h, s) + d])); v[s * hd + d] = Float(Float16(V[idx(b, l, h, s) + d]))
+            }
+        }
+        return Held(k: k, v: v)
+    }
+
+    func checkSealed(_ q: QuantizedKV, _ kind: KVCacheKind, blockIndex bi: Int, K: [Float], V: [Float], idx: (Int, Int, Int, Int) -> Int) {
+        let blk = q.blocks[bi], hd = q.headDim, H = q.kvHeads, n = blk.count
+        var buf = [Float](repeating: 0, count: q.blockSize * hd)
+        for b in 0..<q.batch { for l in 0..<q.layers {
+            // The fp16 inputs the block was quantized from, [H][n][hd].
+            var k16 = [Float](repeating: 0, count: H * n * hd), v16 = k16
+            for h in 0..<H { for t in 0..<n { for d in 0..<hd {
+                k16[(h * n + t) * hd + d] = Float(Float16(K[idx(b, l, h, blk.start + t) + d]))
+                v16[(h * n + t) * hd + d] = Float(Float16(V[idx(b, l, h, blk.start + t) + d]))
+            } } }
+            var ref: ZipCache.Compressed? = nil
+            var setOf = [(set: Int, row: Int)](repeating: (0, 0), count: n)
+            if kind == .zipcache {
+                let ids = (0..<n).map { Int(q.ids[(b * q.layers + l) * q.slots + blk.start + $0]) }
+                XCTAssertEqual(Set(ids).count, n, "the sets partition the block")
+                let sal = Array(ids.prefix(blk.setRows[0])), reg = Array(ids.suffix(blk.setRows[1]))
+                XCTAssertEqual(sal, sal.sorted(), "salient ids ascend")
+                ref = ZipCache.compress(keys: k16, values: v16, heads: H, length: n, headDim: hd,
+                                        salientIds: Array(repeating: sal, count: H), regularIds: Array(repeating: reg, count: H))
+                for (r, t) in sal.enumerated() { setOf[t] = (0, r) }
+                for (r, t) in reg.enumerated() { setOf[t] = (1, r) }
+            }
+            var far = 0, total = 0
+            for h in 0..<H {
+                q.dequantKeys(b, l, h, bi, into: &buf)
+                let kd = Array(buf[0..<(n * hd)])
+                q.dequantValues(b, l, h, bi, into: &buf)
+                let vd = Array(buf[0..<(n * hd)])
+                for t in 0..<n { for d in 0..<hd {
+                    let i = (h * n + t) * hd + d, x = k16[i], y = v16[i]
+                    // Error bound: half a step of the element's group (range / (2^bits - 1) / 2), plus fp16 parameter rounding.
+                    func range(_ xs: [Float]) -> Float { xs.max()! - xs.min()! }
+                    let row = { (a: [Float]) in Array(a[((h * n + t) * hd)..<((h * n + t + 1) * hd)]) }
+                    let column = { (a: [Float]) in (0..<n).map { a[(h * n + $0) * hd + d] } }
+                    let bits: Float = kind == .int8 ? 8 : kind == .kivi4 ? 4 : 2
+                    let kRange = kind == .int8 ? range(row(k16)) : range(column(k16))
+                    let vRange = kind == .zipcache ? 2 * range(column(v16)) + range(row(v16)) : range(row(v16))
+                    func bound(_ r: Float, _ x: Float) -> Float { r / (powf(2, bits) - 1) / 2 + (abs(x) + r) / 512 + 1e-4 }
+                    XCTAssertLessThan(abs(kd[t * hd + d] - x), bound(kRange, x), "\(kind) key error b\(b) l\(l) h\(h) t\(t) d\(d)")
+                    XCTAssertLessThan(abs(vd[t * hd + d] - y), bound(vRange, y), "\(kind) value error b\(b) l\(l) h\(h) t\(t) d\(d)")
+                    if let ref {
+                        // Same split, fp32 vs fp16 parameters: equal up to parameter rounding, except
+                        // rare codes that the rounding moves by one step.
+                        let set = setOf[t].set == 0 ? ref.salient : ref.regular, c = h * hd + d
+                        let rk = ref.keyDequant[i], rv = ref.valueDequant[i]
+                        let kStep = set.keyStep[c], vStep = set.valueStep[setOf[t].row] * ref.channelScale[c]
+                        XCTAssertLessThanOrEqual(abs(kd[t * hd + d] - rk), kStep * 1.01 + 3e-3 * (1 + abs(rk)), "zipcache key vs official reference")
+                        XCTAssertLessThanOrEqual(abs(vd[t * hd + d] - rv), vStep * 1.01 + 3e-3 * (1 + abs(rv)), "zipcache value vs official reference")
+                        if abs(kd[t * hd + d] - rk) > 1e-2 * (1 + abs(rk)) { far += 1 }
+                        if abs(vd[t * hd + d] - rv) > 1e-2 * (1 + abs(rv)) { far += 1 }
+                        total += 2
+                    }
+                } }
+            }
+            XCTAssertLessThanOrEqual(far * 50, total, "zipcache: at most 2% of the values move a code step")
+        } }
+    }
+}
