@@ -17,8 +17,10 @@ struct BenchCommand: ParsableCommand {
     var windows: String = "8"
     @Option(help: "ZipAR policy for the windows: ideal or upstream.")
     var policy: String = "ideal"
-    @Option(help: "KV cache types to compare, e.g. fp32,fp16 (every mode runs with each). Default: --kv-cache.")
+    @Option(help: "KV cache types to compare, e.g. fp32,fp16,int8,kivi2,kivi4,zipcache (every mode runs with each). Default: --kv-cache.")
     var kvCaches: String?
+    @Flag(help: "Skip raster decoding (long grids): only the windows run; speed-ups are then against the first mode.")
+    var noRaster = false
     @Option(help: "Also run each window w > MIN with the adaptive window MIN..w.")
     var adaptiveWindow: Int?
     @Option(help: "CFG scale used for the runs (> 1 doubles the batch).")
@@ -41,11 +43,8 @@ struct BenchCommand: ParsableCommand {
         _ = try parseIntList(windows, flag: "--windows")
         guard ZipARPolicy(rawValue: policy) != nil, policy != "eol" else { throw ValidationError("--policy must be ideal or upstream") }
         if randomInit != nil && modelOptions.model != nil { throw ValidationError("give either --model or --random-init, not both") }
-        if let k = kvCaches {
-            for name in k.split(separator: ",") where KVPrecision(rawValue: String(name)) == nil {
-                throw ValidationError("--kv-caches takes fp32 and/or fp16, got '\(name)'")
-            }
-        }
+        if let k = kvCaches { _ = try parseKVCaches(k, flag: "--kv-caches") }
+        if try noRaster && parseIntList(windows, flag: "--windows").isEmpty { throw ValidationError("--no-raster needs --windows") }
         if let g = grid {
             do { let (h, w) = try ScheduleCommand.parseGrid(g); guard h == w else { throw ZipARError("--grid must be square (LlamaGen grids are)") } }
             catch let e as ZipARError { throw ValidationError(e.message) }
@@ -75,7 +74,8 @@ struct BenchCommand: ParsableCommand {
         let side = gpt.config.gridSize
         let p = ZipARPolicy(rawValue: policy)!
         let windowList = try parseIntList(windows, flag: "--windows").filter { $0 < side }
-        let schedules = [try Schedule.make(height: side, width: side, window: side)] +
+        if noRaster && windowList.isEmpty { throw ZipARError("--no-raster: no window is narrower than the grid width \(side)") }
+        let schedules = (noRaster ? [] : [try Schedule.make(height: side, width: side, window: side)]) +
             (try windowList.map { try Schedule.make(height: side, width: side, window: $0, policy: p) })
         var report: [String: Any] = ["model": name, "grid": [side, side], "threads": Parallel.threads, "cfg_scale": Double(cfgScale)]
         let weightsMB = Double(gpt.streamedBytesPerPass) / 1e6
@@ -110,13 +110,13 @@ struct BenchCommand: ParsableCommand {
         options.sampling.cfgScale = cfgScale
         options.sampling.topK = min(2000, gpt.config.vocab_size)
         // Modes: raster, each window, and each window with the adaptive minimum (if asked).
-        let caches = kvCaches.map { $0.split(separator: ",").compactMap { KVPrecision(rawValue: String($0)) } } ?? [modelOptions.kvPrecision]
-        var modeList: [(schedule: Schedule, adaptive: Int?, kv: KVPrecision)] = []
+        let caches = try kvCaches.map { try parseKVCaches($0, flag: "--kv-caches") } ?? [modelOptions.kvPrecision]
+        var modeList: [(schedule: Schedule, adaptive: Int?, kv: KVCacheKind)] = []
         for kv in caches {
             modeList += schedules.map { ($0, nil, kv) }
-            if let a = adaptiveWindow { modeList += schedules.dropFirst().filter { $0.window > a }.map { ($0, a, kv) } }
+            if let a = adaptiveWindow { modeList += schedules.filter { $0.window < side && $0.window > a }.map { ($0, a, kv) } }
         }
-        let generators = try modeList.map { try Generator(gpt: gpt, schedule: $0.schedule, kvPrecision: $0.kv) }
+        let generators = try modeList.map { try Generator(gpt: gpt, schedule: $0.schedule, kvPrecision: $0.kv, kvOptions: modelOptions.kvOptions) }
         // Class 0 for c2i models; for t2i the model's own empty-caption features (all rows valid).
         let condition: Condition = gpt.config.isT2I
             ? .caption(features: gpt.uncond_embedding!, mask: Array(repeating: true, count: gpt.config.cls_token_num))
@@ -133,7 +133,8 @@ struct BenchCommand: ParsableCommand {
         let rasterTime = Measure.median(times[0]), rasterPasses = Double(schedules[0].forwardPasses)
         var modes: [[String: Any]] = []
         if !json {
-            print("\n| decoding | window | KV cache | KV MB | passes | tokens/pass | s/image | in passes | ms/pass | speed-up | pass saving | speed-up / saving |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+            if noRaster { print("\n(--no-raster: speed-up and pass saving are against the first row)") }
+            print("\n| decoding | window | KV cache | KV MB | x smaller than fp16 | bits/value | s/image | vs fp32 cache | passes | tokens/pass | in passes | ms/pass | speed-up | pass saving | speed-up / saving |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         }
         for (i, m) in modeList.enumerated() {
             let s = m.schedule
@@ -142,13 +143,23 @@ struct BenchCommand: ParsableCommand {
             let mode = s.window >= s.width ? "raster" : m.adaptive.map { "zipar adaptive \($0)-" } ?? "zipar \(s.policy.rawValue)"
             let tokensPerPass = Double(s.height * s.width) / p
             let inPasses = Measure.median(forwardTimes[i])
-            let kvMB = Double(generators[i].cacheBytes(cfg: cfgScale > 1)) / 1e6
-            modes.append(["decoding": mode, "window": s.window, "kv_cache": m.kv.rawValue, "kv_mb": kvMB, "passes": p, "tokens_per_pass": tokensPerPass,
-                          "seconds_per_image": t, "seconds_in_passes": inPasses, "ms_per_pass": inPasses / p * 1e3,
-                          "speedup": speed, "pass_saving": saving, "efficiency": speed / saving])
+            // KV bytes: the largest the cache held during the images (compressed blocks + recent buffer).
+            let cache = generators[i].cache(cfg: cfgScale > 1)
+            let kvMB = Double(cache.peakBytes) / 1e6, ratio = Double(cache.fp16Bytes) / Double(cache.peakBytes)
+            let bits = cache.formatBitsPerValue
+            // The same schedule with the fp32 cache, if it ran: > 1 means this cache decodes faster.
+            let fp32 = modeList.indices.first { modeList[$0].kv == .fp32 && modeList[$0].schedule == s && modeList[$0].adaptive == m.adaptive }
+            let vsFP32 = fp32.map { Measure.median(times[$0]) / t }
+            var row: [String: Any] = ["decoding": mode, "window": s.window, "kv_cache": m.kv.rawValue, "kv_mb": kvMB, "x_smaller_than_fp16": ratio,
+                                      "bits_per_value": bits, "passes": p, "tokens_per_pass": tokensPerPass,
+                                      "seconds_per_image": t, "seconds_in_passes": inPasses, "ms_per_pass": inPasses / p * 1e3,
+                                      "speedup": speed, "pass_saving": saving, "efficiency": speed / saving]
+            if let vsFP32 { row["speed_vs_fp32_cache"] = vsFP32 }
+            modes.append(row)
             if !json {
-                print(String(format: "| %@ | %d | %@ | %.1f | %.0f | %.2f | %.2f | %.2f | %.1f | %.2fx | %.2fx | %.2f |", mode, s.window,
-                             m.kv.rawValue, kvMB, p, tokensPerPass, t, inPasses, inPasses / p * 1e3, speed, saving, speed / saving))
+                print(String(format: "| %@ | %d | %@ | %.1f | %.2fx | %.2f | %.2f | %@ | %.0f | %.2f | %.2f | %.1f | %.2fx | %.2fx | %.2f |", mode, s.window,
+                             m.kv.rawValue, kvMB, ratio, bits, t, vsFP32.map { String(format: "%.2fx", $0) } ?? "-", p, tokensPerPass, inPasses,
+                             inPasses / p * 1e3, speed, saving, speed / saving))
             }
         }
         report["images"] = modes

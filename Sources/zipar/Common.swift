@@ -12,15 +12,25 @@ struct ModelOptions: ParsableArguments {
     @Option(help: "Worker threads for the kernels and OpenBLAS (default: all cores).")
     var threads: Int?
 
-    @Option(help: "KV cache storage: fp32 (default) or fp16 (half the memory and attention reads).")
+    @Option(help: "KV cache storage: fp32 (default), fp16, int8, kivi2, kivi4 or zipcache (see README, KV cache compression).")
     var kvCache: String = "fp32"
+
+    @Option(help: "ZipCache saliency: exact (every query's attention, default) or probe (every 10th query, the official approximation).")
+    var zipcacheScore: String = "exact"
 
     func validate() throws {
         if let t = threads, t < 1 || t > 256 { throw ValidationError("--threads must be between 1 and 256") }
-        guard KVPrecision(rawValue: kvCache) != nil else { throw ValidationError("--kv-cache must be fp32 or fp16") }
+        _ = try parseKVCaches(kvCache, flag: "--kv-cache")
+        guard ZipCacheScore(rawValue: zipcacheScore) != nil else { throw ValidationError("--zipcache-score must be exact or probe") }
     }
 
-    var kvPrecision: KVPrecision { KVPrecision(rawValue: kvCache) ?? .fp32 }
+    var kvPrecision: KVCacheKind { KVCacheKind(rawValue: kvCache) ?? .fp32 }
+
+    var kvOptions: KVCacheOptions {
+        var o = KVCacheOptions()
+        o.zipScore = ZipCacheScore(rawValue: zipcacheScore) ?? .exact
+        return o
+    }
 
     func apply() {
         Parallel.threads = threads ?? ProcessInfo.processInfo.activeProcessorCount
@@ -115,6 +125,16 @@ func checkWritable(_ path: String) throws {
     if FileManager.default.fileExists(atPath: path, isDirectory: &isDirTarget), isDirTarget.boolValue {
         throw ZipARError("cannot write \(path): it is a directory")
     }
+}
+
+/// "fp32,zipcache" -> cache kinds, with a clear message for an unknown name.
+func parseKVCaches(_ text: String, flag: String) throws -> [KVCacheKind] {
+    let parts = text.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
+    let kinds = parts.compactMap { KVCacheKind(rawValue: $0) }
+    guard !parts.isEmpty, kinds.count == parts.count else {
+        throw ValidationError("\(flag) takes \(KVCacheKind.allCases.map(\.rawValue).joined(separator: ", "))\(flag.hasSuffix("s") ? " (comma-separated)" : ""), got '\(text)'")
+    }
+    return kinds
 }
 
 /// "a,b,c" -> [Int] with a clear message.

@@ -47,7 +47,7 @@ struct GenerateCommand: ParsableCommand {
         let schedule = try ziparOptions.schedule(grid: dir.gpt.gridSize)
         let gpt = try dir.loadGPT()
         let vq = try dir.loadVQ()
-        let generator = try Generator(gpt: gpt, schedule: schedule, kvPrecision: modelOptions.kvPrecision)
+        let generator = try Generator(gpt: gpt, schedule: schedule, kvPrecision: modelOptions.kvPrecision, kvOptions: modelOptions.kvOptions)
 
         var allTokens: [[Int]] = []
         for i in 0..<count {

@@ -68,7 +68,7 @@ struct GridCommand: ParsableCommand {
         var done = 0
         for w in windowList {
             let schedule = try Schedule.make(height: side, width: side, window: w, policy: policy)
-            let generator = try Generator(gpt: gpt, schedule: schedule, kvPrecision: modelOptions.kvPrecision)
+            let generator = try Generator(gpt: gpt, schedule: schedule, kvPrecision: modelOptions.kvPrecision, kvOptions: modelOptions.kvOptions)
             var row: [RGBImage] = [], rowParams: [String] = []
             for (condition, text) in conditions {
                 for seed in seedList {

@@ -44,6 +44,9 @@ public struct KVCacheOptions: Sendable {
 protocol KVStorage: AnyObject {
     /// Bytes held now (codes, parameters, recent buffer, saliency state).
     var bytes: Int { get }
+    /// Bytes of the stored form of every slot (dense: all; quantized: codes and parameters, without
+    /// the full-precision recent buffer).
+    var formatBytes: Int { get }
     func store(_ b: Int, _ layer: Int, _ head: Int, slot: Int, key: UnsafePointer<Float>, value: UnsafePointer<Float>)
     /// Attention of nq queries q[nq][hd] of one (batch entry, layer, KV head) over slots [0, n):
     /// scores is scratch [nq][n] (left holding the probabilities), out is [nq][hd].
@@ -99,6 +102,10 @@ public final class KVCache {
 
     /// Bytes the same slots take in fp16 (the reference of the compression ratios).
     public var fp16Bytes: Int { 2 * batch * layers * kvHeads * slots * headDim * 2 }
+
+    /// Bits per stored key/value element of the compressed form, parameters included (the recent
+    /// buffer excluded): 32 for fp32, 16 for fp16, about 3.5 for ZipCache.
+    public var formatBitsPerValue: Double { Double(storage.formatBytes) * 8 / Double(2 * batch * layers * kvHeads * slots * headDim) }
 
     /// Stores one head's key and value (headDim floats each) at a slot.
     @inline(__always)
@@ -163,6 +170,7 @@ final class DenseKV: KVStorage {
     deinit { keys.deallocate(); values.deallocate() }
 
     var bytes: Int { 2 * elements * (half ? 2 : 4) }
+    var formatBytes: Int { bytes }
 
     @inline(__always) func base(_ b: Int, _ layer: Int, _ head: Int) -> Int {
         ((b * layers + layer) * kvHeads + head) * slots * headDim

@@ -152,6 +152,7 @@ final class QuantizedKV: KVStorage {
     /// Bytes of the recent buffer and the saliency state.
     var recentBytes: Int { heads * cap * headDim * 2 * 2 + (zip ? heads * cap * 4 + batch * slots * 4 : 0) }
     var bytes: Int { compressedBytes + recentBytes }
+    var formatBytes: Int { compressedBytes }
 
     @inline(__always) func headIndex(_ b: Int, _ layer: Int, _ head: Int) -> Int { (b * layers + layer) * kvHeads + head }
 
