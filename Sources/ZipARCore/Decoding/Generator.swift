@@ -39,7 +39,10 @@ public final class Generator {
     public let schedule: Schedule
     private let state: ForwardState
     private let cfgCache: KVCache
-    private let plainCache: KVCache
+    /// Made on first use: most runs use CFG, and an unused cache would still cost its memory.
+    private lazy var plainCache: KVCache = gpt.makeCache(batch: 1, precision: kvKind, options: kvOptions)
+    private let kvKind: KVCacheKind
+    private let kvOptions: KVCacheOptions
     private let guided: Tensor
 
     public init(gpt: GPT, schedule: Schedule, kvPrecision: KVCacheKind = .fp32, kvOptions: KVCacheOptions = KVCacheOptions()) throws {
@@ -56,7 +59,8 @@ public final class Generator {
         let maxInputs = max(schedule.steps.map { $0.inputs.count }.max() ?? 1, schedule.height + 2)
         state = ForwardState(config: c, maxRows: 2 * max(maxInputs, c.cls_token_num), slots: gpt.sequenceLength)
         cfgCache = gpt.makeCache(batch: 2, precision: kvPrecision, options: kvOptions)
-        plainCache = gpt.makeCache(batch: 1, precision: kvPrecision, options: kvOptions)
+        kvKind = kvPrecision
+        self.kvOptions = kvOptions
         guided = Tensor(shape: [c.vocab_size])
     }
 
