@@ -18,9 +18,13 @@ struct ModelOptions: ParsableArguments {
     @Option(help: "ZipCache saliency: exact (every query's attention, default) or probe (every 10th query, the official approximation).")
     var zipcacheScore: String = "exact"
 
+    @Option(help: "ZipCache block: slots quantized together once final (each block has its own key parameters per channel; larger = fewer parameter bits, a larger fp16 recent buffer).")
+    var zipcacheBlock: Int = KVCacheOptions().zipBlock
+
     func validate() throws {
         if let t = threads, t < 1 || t > 256 { throw ValidationError("--threads must be between 1 and 256") }
         _ = try parseKVCaches(kvCache, flag: "--kv-cache")
+        guard zipcacheBlock >= 8, zipcacheBlock <= 4096 else { throw ValidationError("--zipcache-block must be between 8 and 4096") }
         guard ZipCacheScore(rawValue: zipcacheScore) != nil else { throw ValidationError("--zipcache-score must be exact or probe") }
     }
 
@@ -29,6 +33,7 @@ struct ModelOptions: ParsableArguments {
     var kvOptions: KVCacheOptions {
         var o = KVCacheOptions()
         o.zipScore = ZipCacheScore(rawValue: zipcacheScore) ?? .exact
+        o.zipBlock = zipcacheBlock
         return o
     }
 
