@@ -329,6 +329,32 @@ final class KVCacheQuantTests: XCTestCase {
         XCTAssertEqual((0..<S).map { Int(q.counts[S + $0]) }, [0, 0, 0, 0, 0, 0, 0, 1, 0, 0])
     }
 
+    /// The probe option adds only probe queries' attention (every 10th slot); exact adds every query's.
+    func testZipCacheProbeScoresOnlyProbeQueries() {
+        let S = 12, hd = 16
+        for mode in ZipCacheScore.allCases {
+            var o = KVCacheOptions(); o.zipScore = mode
+            let cache = KVCache(batch: 1, layers: 1, kvHeads: 1, slots: S, headDim: hd, kind: .zipcache, options: o)
+            let q = cache.storage as! QuantizedKV
+            var rng = RNG(seed: 2)
+            for s in 0..<10 {
+                let k = randomKV(&rng, hd), v = randomKV(&rng, hd)
+                cache.store(0, 0, 0, slot: s, key: k, value: v); cache.markWritten(s)
+            }
+            let masks = UnsafeMutablePointer<UInt8>.allocate(capacity: 2 * S); defer { masks.deallocate() }
+            for j in 0..<S { masks[j] = j <= 9 ? 1 : 0; masks[S + j] = j <= 5 ? 1 : 0 }
+            var offs: [Int32] = [0, Int32(S)], slotsQ: [Int32] = [9, 5]
+            var out = [Float](repeating: 0, count: 2 * hd)
+            let scores = UnsafeMutablePointer<Float>.allocate(capacity: 2 * 10); defer { scores.deallocate() }
+            cache.attend(0, 0, 0, q: randomKV(&rng, 2 * hd), nq: 2, n: 10, masks: masks, maskOffsets: &offs, querySlots: &slotsQ,
+                         scale: 0.25, scores: scores, out: &out, worker: 0)
+            for j in 0..<10 {
+                let want = scores[j] + (mode == .exact ? scores[10 + j] : 0)
+                XCTAssertEqual(q.acc[j], want, accuracy: 1e-7, "\(mode) slot \(j)")
+            }
+        }
+    }
+
     struct Held { var k: [Float]; var v: [Float] }
 
     /// The keys/values the cache holds for slots [0, n) of one head, rebuilt naively.
