@@ -43,7 +43,7 @@ struct BenchCommand: ParsableCommand {
         _ = try parseIntList(windows, flag: "--windows")
         guard ZipARPolicy(rawValue: policy) != nil, policy != "eol" else { throw ValidationError("--policy must be ideal or upstream") }
         if randomInit != nil && modelOptions.model != nil { throw ValidationError("give either --model or --random-init, not both") }
-        if let k = kvCaches { _ = try parseKVCaches(k, flag: "--kv-caches") }
+        try modelOptions.checkSparsity(try kvCaches.map { try parseKVCaches($0, flag: "--kv-caches") } ?? [modelOptions.kvPrecision])
         if try noRaster && parseIntList(windows, flag: "--windows").isEmpty { throw ValidationError("--no-raster needs --windows") }
         if let g = grid {
             do { let (h, w) = try ScheduleCommand.parseGrid(g); guard h == w else { throw ZipARError("--grid must be square (LlamaGen grids are)") } }
@@ -132,6 +132,7 @@ struct BenchCommand: ParsableCommand {
         }
         let rasterTime = Measure.median(times[0]), rasterPasses = Double(schedules[0].forwardPasses)
         var modes: [[String: Any]] = []
+        var zipvlLines: [(mode: String, window: Int, kv: KVCacheKind, kept: [Double])] = []
         if !json {
             if noRaster { print("\n(--no-raster: speed-up and pass saving are against the first row)") }
             print("\n| decoding | window | KV cache | KV MB | x smaller than fp16 | bits/value | s/image | vs fp32 cache | passes | tokens/pass | in passes | ms/pass | speed-up | pass saving | speed-up / saving |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -150,19 +151,26 @@ struct BenchCommand: ParsableCommand {
             // The same schedule with the fp32 cache, if it ran: > 1 means this cache decodes faster.
             let fp32 = modeList.indices.first { modeList[$0].kv == .fp32 && modeList[$0].schedule == s && modeList[$0].adaptive == m.adaptive }
             let vsFP32 = fp32.map { Measure.median(times[$0]) / t }
-            var row: [String: Any] = ["decoding": mode, "window": s.window, "kv_cache": m.kv.rawValue, "kv_mb": kvMB, "x_smaller_than_fp16": ratio,
+            var row: [String: Any] = ["decoding": mode, "window": s.window, "kv_cache": modelOptions.kvName(m.kv), "kv_mb": kvMB, "x_smaller_than_fp16": ratio,
                                       "bits_per_value": bits, "passes": p, "tokens_per_pass": tokensPerPass,
                                       "seconds_per_image": t, "seconds_in_passes": inPasses, "ms_per_pass": inPasses / p * 1e3,
                                       "speedup": speed, "pass_saving": saving, "efficiency": speed / saving]
             if let vsFP32 { row["speed_vs_fp32_cache"] = vsFP32 }
+            if let kept = cache.keptRatioPerLayer { row["zipvl_kept_per_layer"] = kept; zipvlLines.append((mode, s.window, m.kv, kept)) }
             modes.append(row)
             if !json {
                 print(String(format: "| %@ | %d | %@ | %.1f | %.2fx | %.2f | %.2f | %@ | %.0f | %.2f | %.2f | %.1f | %.2fx | %.2fx | %.2f |", mode, s.window,
-                             m.kv.rawValue, kvMB, ratio, bits, t, vsFP32.map { String(format: "%.2fx", $0) } ?? "-", p, tokensPerPass, inPasses,
+                             modelOptions.kvName(m.kv), kvMB, ratio, bits, t, vsFP32.map { String(format: "%.2fx", $0) } ?? "-", p, tokensPerPass, inPasses,
                              inPasses / p * 1e3, speed, saving, speed / saving))
             }
         }
         report["images"] = modes
+        if !json && !zipvlLines.isEmpty {
+            print(String(format: "\nZipVL (tau %.3f): fraction of tokens kept per layer", modelOptions.zipvlTau))
+            for l in zipvlLines {
+                print("  \(l.mode) window \(l.window) \(l.kv.rawValue): " + l.kept.map { String(format: "%.2f", $0) }.joined(separator: " "))
+            }
+        }
 
         // 3. The VQ decoder for one image of this grid.
         if let vq {

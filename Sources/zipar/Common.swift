@@ -21,19 +21,39 @@ struct ModelOptions: ParsableArguments {
     @Option(help: "ZipCache block: slots quantized together once final (each block has its own key parameters per channel; larger = fewer parameter bits, a larger fp16 recent buffer).")
     var zipcacheBlock: Int = KVCacheOptions().zipBlock
 
+    @Option(help: "KV token sparsity: zipvl (per layer and sealed block, keep the fewest tokens covering --zipvl-tau of the normalised attention, evict the rest; needs a quantized cache).")
+    var kvSparsity: String?
+
+    @Option(help: "ZipVL attention coverage tau in (0, 1].")
+    var zipvlTau: Double = KVCacheOptions.defaultZipvlTau
+
     func validate() throws {
         if let t = threads, t < 1 || t > 256 { throw ValidationError("--threads must be between 1 and 256") }
         _ = try parseKVCaches(kvCache, flag: "--kv-cache")
+        if let s = kvSparsity, s != "zipvl" { throw ValidationError("--kv-sparsity takes zipvl, got '\(s)'") }
+        guard zipvlTau > 0, zipvlTau <= 1 else { throw ValidationError("--zipvl-tau must be in (0, 1]") }
         guard zipcacheBlock >= 8, zipcacheBlock <= 4096 else { throw ValidationError("--zipcache-block must be between 8 and 4096") }
         guard ZipCacheScore(rawValue: zipcacheScore) != nil else { throw ValidationError("--zipcache-score must be exact or probe") }
     }
 
     var kvPrecision: KVCacheKind { KVCacheKind(rawValue: kvCache) ?? .fp32 }
 
+    /// ZipVL evicts tokens from sealed blocks, which only the quantized caches have. With a list
+    /// (bench, eval) it applies to the quantized caches, the others are the reference.
+    func checkSparsity(_ kinds: [KVCacheKind]) throws {
+        if kvSparsity != nil, !kinds.contains(where: { $0.isQuantized }) {
+            throw ValidationError("--kv-sparsity zipvl needs a quantized cache (int8, kivi2, kivi4, zipcache), not \(kinds.map(\.rawValue).joined(separator: ","))")
+        }
+    }
+
+    /// The name of a cache kind as run (with "+zipvl" where ZipVL applies).
+    func kvName(_ kind: KVCacheKind) -> String { kind.rawValue + (kvSparsity != nil && kind.isQuantized ? "+zipvl" : "") }
+
     var kvOptions: KVCacheOptions {
         var o = KVCacheOptions()
         o.zipScore = ZipCacheScore(rawValue: zipcacheScore) ?? .exact
         o.zipBlock = zipcacheBlock
+        if kvSparsity == "zipvl" { o.zipvlTau = zipvlTau }
         return o
     }
 

@@ -48,6 +48,7 @@ struct EvalCommand: ParsableCommand {
             _ = try parseKVCaches(k, flag: "--kv-caches")
             guard !reference else { throw ValidationError("--kv-caches needs a model, not --reference") }
         }
+        try modelOptions.checkSparsity(try kvCaches.map { try parseKVCaches($0, flag: "--kv-caches") } ?? [modelOptions.kvPrecision])
         if reference {
             guard modelOptions.model == nil else { throw ValidationError("give either --model or --reference, not both") }
             guard referenceSize >= 16, referenceSize <= 4096 else { throw ValidationError("--reference-size must be between 16 and 4096") }
@@ -118,12 +119,13 @@ struct EvalCommand: ParsableCommand {
             modes = caches.flatMap { kv in
                 modes.map { m -> Mode in
                     guard caches.count > 1 else { var c = m; c.kv = kv; return c }
-                    var c = Mode(name: m.name + " " + kv.rawValue, slug: m.slug + "_" + kv.rawValue, window: m.window, adaptive: m.adaptive)
+                    let name = modelOptions.kvName(kv)
+                    var c = Mode(name: m.name + " " + name, slug: m.slug + "_" + name.replacingOccurrences(of: "+", with: "_"), window: m.window, adaptive: m.adaptive)
                     c.kv = kv
                     return c
                 }
             }
-            header["kv_caches"] = caches.map(\.rawValue)
+            header["kv_caches"] = caches.map { modelOptions.kvName($0) }
             let gpt = try dir.loadGPT(), vq = try dir.loadVQ()
             for i in modes.indices {
                 let schedule = try Schedule.make(height: side, width: side, window: modes[i].window, policy: policy)
@@ -181,7 +183,7 @@ struct EvalCommand: ParsableCommand {
                 for (k, v) in m.score.accuracies { acc[k] = v ?? NSNull() }
                 var d: [String: Any] = ["decoding": m.name, "accuracy": acc, "seconds_per_image": m.seconds / count]
                 if !reference {
-                    d["kv_cache"] = m.kv.rawValue
+                    d["kv_cache"] = modelOptions.kvName(m.kv)
                     d["window"] = m.window
                     d["adaptive_min_window"] = m.adaptive ?? NSNull()
                     d["forward_passes_per_image"] = Double(m.passes) / count

@@ -29,6 +29,7 @@ struct GenerateCommand: ParsableCommand {
     var quiet = false
 
     func validate() throws {
+        try modelOptions.checkSparsity([modelOptions.kvPrecision])
         let given = [classLabel != nil, prompt != nil, captionEmbeddings != nil].filter { $0 }.count
         guard given == 1 else { throw ValidationError("give exactly one of --class, --prompt or --caption-embeddings") }
         guard count >= 1, count <= 10_000 else { throw ValidationError("--count must be between 1 and 10000") }

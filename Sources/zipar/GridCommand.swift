@@ -25,6 +25,7 @@ struct GridCommand: ParsableCommand {
     var quiet = false
 
     func validate() throws {
+        try modelOptions.checkSparsity([modelOptions.kvPrecision])
         guard (prompts == nil) != (classes == nil) else { throw ValidationError("give exactly one of --prompts or --classes") }
         _ = try parseIntList(windows, flag: "--windows")
         let s = try parseIntList(seeds, flag: "--seeds")

@@ -159,8 +159,9 @@ final class KVCacheQuantTests: XCTestCase {
     func testStreamingCacheBlocksAndAttention() {
         let heads = 2, hd = 16, slots = 70, layers = 2, batch = 2
         var opts = KVCacheOptions(); opts.zipBlock = 20; opts.kiviGroup = 16
-        for kind in [KVCacheKind.int8, .kivi2, .kivi4, .zipcache] {
+        for (kind, tau) in [(KVCacheKind.int8, nil), (.kivi2, nil), (.kivi4, nil), (.zipcache, nil), (.kivi4, 0.9), (.zipcache, 0.8)] as [(KVCacheKind, Double?)] {
             var rng = RNG(seed: 11)
+            opts.zipvlTau = tau
             let cache = KVCache(batch: batch, layers: layers, kvHeads: heads, slots: slots, headDim: hd, kind: kind, options: opts)
             let q = cache.storage as! QuantizedKV
             var K = [Float](repeating: 0, count: batch * layers * heads * slots * hd), V = K
@@ -205,7 +206,7 @@ final class KVCacheQuantTests: XCTestCase {
                     let held = heldKV(q, cache, b, l, h, n: n, K: K, V: V, idx: idx)
                     for i in 0..<2 {
                         var sc = [Double](repeating: -.infinity, count: n)
-                        for j in 0..<n where masks[Int(offs[i]) + j] != 0 {
+                        for j in 0..<n where masks[Int(offs[i]) + j] != 0 && !held.evicted.contains(j) {
                             var dot = 0.0
                             for d in 0..<hd { dot += Double(qv[i * hd + d]) * Double(held.k[j * hd + d]) }
                             sc[j] = dot * 0.25
@@ -221,8 +222,9 @@ final class KVCacheQuantTests: XCTestCase {
                 } } }
                 cache.markFinal(s)
                 let before = q.sealedBlocks
-                // Check ZipCache's split against the naive normalised score before the block is sealed.
-                if kind == .zipcache, before < q.blocks.count {
+                // Check the normalised score against the naive one before the block is sealed.
+                var blockScores: [[Float]] = []
+                if q.scored, before < q.blocks.count {
                     let blk = q.blocks[before]
                     if blk.start + blk.count <= cache.finalUpTo && blk.start + blk.count <= q.recentHigh {
                         for b in 0..<batch { for l in 0..<layers {
@@ -235,16 +237,33 @@ final class KVCacheQuantTests: XCTestCase {
                                 mine.append(a / c); naive.append(naiveAcc[(b * layers + l) * slots + blk.start + t] / c)
                             }
                             for (x, y) in zip(mine, naive) { XCTAssertEqual(x, y, accuracy: 2e-4 * max(1, y), "normalised score") }
+                            blockScores.append(mine)
                         } }
                     }
                 }
                 cache.seal()
-                if q.sealedBlocks > before { checkSealed(q, kind, blockIndex: q.sealedBlocks - 1, K: K, V: V, idx: idx) }
+                if q.sealedBlocks > before {
+                    checkSealed(q, kind, zipvl: tau != nil, blockIndex: q.sealedBlocks - 1, K: K, V: V, idx: idx)
+                    if let tau {
+                        // ZipVL keeps the fewest top-score tokens covering tau of the block's total.
+                        for b in 0..<batch { for l in 0..<layers {
+                            let sb = q.sealedBlock(b, l, before), sc = blockScores[b * layers + l]
+                            let kept = (0..<sb.layout.kept).map { Float(sc[Int(sb.ids![$0])]) }.sorted(by: >)
+                            let evicted = (sb.layout.kept..<(sb.layout.kept + sb.layout.evicted)).map { sc[Int(sb.ids![$0])] }
+                            let total = sc.reduce(0, +)
+                            XCTAssertGreaterThanOrEqual(Double(kept.reduce(0, +)), tau * Double(total) * 0.99999, "covers tau")
+                            XCTAssertLessThan(Double(kept.dropLast().reduce(0, +)), tau * Double(total), "fewest tokens")
+                            XCTAssertGreaterThanOrEqual(kept.last ?? 0, evicted.max() ?? 0, "the highest scores are kept")
+                            if sc.count >= 16 { XCTAssertGreaterThan(sb.layout.evicted, 0, "tau \(tau) evicts some tokens of random attention: \(sc) kept \(sb.layout.kept) block \(before)") }
+                        } }
+                    }
+                }
             }
             XCTAssertGreaterThanOrEqual(q.sealedBlocks, q.blocks.count - 1, "\(kind): every complete block is sealed")
-            XCTAssertLessThan(worstAttention, 2e-4, "\(kind): attention over the compressed form")
-            // (The toy cache is smaller than its recent buffer; only the compressed part is compared.)
-            XCTAssertLessThan(q.compressedBytes, cache.fp16Bytes, "\(kind) codes are smaller than fp16")
+            XCTAssertLessThan(worstAttention, 2e-4, "\(kind) zipvl \(tau ?? 0): attention over the compressed form")
+            // (The toy cache is smaller than its recent buffer; only the sealed form is compared.)
+            XCTAssertLessThan(q.formatBitsPerValue, 16, "\(kind) codes are smaller than fp16")
+            XCTAssertEqual(cache.keptRatioPerLayer == nil, tau == nil)
         }
     }
 
@@ -298,7 +317,8 @@ final class KVCacheQuantTests: XCTestCase {
         let gpt = try GPT(config: cfg, weights: try Fixtures.safetensors("llamagen/gpt_c2i_tiny_gqa.weights.safetensors"))
         var opts = KVCacheOptions(); opts.zipBlock = 12; opts.kiviGroup = 8
         var o = GenerationOptions(); o.sampling.cfgScale = 4; o.sampling.topK = 20; o.seed = 4
-        for kind in [KVCacheKind.int8, .kivi2, .kivi4, .zipcache] {
+        for (kind, tau) in [(KVCacheKind.int8, nil), (.kivi2, nil), (.kivi4, nil), (.zipcache, nil), (.zipcache, 0.9)] as [(KVCacheKind, Double?)] {
+            opts.zipvlTau = tau
             for (window, policy, adaptive, holes) in [(8, ZipARPolicy.ideal, nil, false), (3, .ideal, nil, false), (2, .upstream, nil, false),
                                                       (1, .ideal, nil, false), (4, .ideal, 2, false), (3, .upstream, nil, true)] as [(Int, ZipARPolicy, Int?, Bool)] {
                 let gen = try Generator(gpt: gpt, schedule: try Schedule.make(height: 8, width: 8, window: window, policy: policy),
@@ -355,7 +375,7 @@ final class KVCacheQuantTests: XCTestCase {
         }
     }
 
-    struct Held { var k: [Float]; var v: [Float] }
+    struct Held { var k: [Float]; var v: [Float]; var evicted: Set<Int> }
 
     /// The keys/values the cache holds for slots [0, n) of one head, rebuilt naively.
     func heldKV(_ q: QuantizedKV, _ cache: KVCache, _ b: Int, _ l: Int, _ h: Int, n: Int, K: [Float], V: [Float],
@@ -363,22 +383,24 @@ final class KVCacheQuantTests: XCTestCase {
         let hd = q.headDim
         var k = [Float](repeating: 0, count: n * hd), v = k
         var buf = [Float](repeating: 0, count: q.blockSize * hd)
+        var evicted = Set<Int>()
         for bi in 0..<q.sealedBlocks {
-            let blk = q.blocks[bi]
-            q.dequantKeys(b, l, h, bi, into: &buf)
+            let blk = q.blocks[bi], sb = q.sealedBlock(b, l, bi)
+            q.dequantKeys(sb, h, into: &buf)
             for i in 0..<(blk.count * hd) where blk.start * hd + i < n * hd { k[blk.start * hd + i] = buf[i] }
-            q.dequantValues(b, l, h, bi, into: &buf)
+            q.dequantValues(sb, h, into: &buf)
             for i in 0..<(blk.count * hd) where blk.start * hd + i < n * hd { v[blk.start * hd + i] = buf[i] }
+            for e in sb.layout.kept..<(sb.layout.kept + sb.layout.evicted) { evicted.insert(blk.start + Int(sb.ids![e])) }
         }
         for s in q.recentStart..<n where cache.written[s] {
             for d in 0..<hd {
                 k[s * hd + d] = Float(Float16(K[idx(b, l, h, s) + d])); v[s * hd + d] = Float(Float16(V[idx(b, l, h, s) + d]))
             }
         }
-        return Held(k: k, v: v)
+        return Held(k: k, v: v, evicted: evicted)
     }
 
-    func checkSealed(_ q: QuantizedKV, _ kind: KVCacheKind, blockIndex bi: Int, K: [Float], V: [Float], idx: (Int, Int, Int, Int) -> Int) {
+    func checkSealed(_ q: QuantizedKV, _ kind: KVCacheKind, zipvl: Bool, blockIndex bi: Int, K: [Float], V: [Float], idx: (Int, Int, Int, Int) -> Int) {
         let blk = q.blocks[bi], hd = q.headDim, H = q.kvHeads, n = blk.count
         var buf = [Float](repeating: 0, count: q.blockSize * hd)
         for b in 0..<q.batch { for l in 0..<q.layers {
@@ -390,10 +412,16 @@ final class KVCacheQuantTests: XCTestCase {
             } } }
             var ref: ZipCache.Compressed? = nil
             var setOf = [(set: Int, row: Int)](repeating: (0, 0), count: n)
-            if kind == .zipcache {
-                let ids = (0..<n).map { Int(q.ids[(b * q.layers + l) * q.slots + blk.start + $0]) }
+            let sb = q.sealedBlock(b, l, bi)
+            var evicted = Set<Int>()
+            if let idp = sb.ids {
+                let ids = (0..<n).map { Int(idp[$0]) }
                 XCTAssertEqual(Set(ids).count, n, "the sets partition the block")
-                let sal = Array(ids.prefix(blk.setRows[0])), reg = Array(ids.suffix(blk.setRows[1]))
+                evicted = Set(ids.suffix(sb.layout.evicted))
+            }
+            if kind == .zipcache && !zipvl {
+                let ids = (0..<n).map { Int(sb.ids![$0]) }
+                let sal = Array(ids.prefix(sb.layout.setRows[0])), reg = Array(ids.prefix(sb.layout.kept).suffix(sb.layout.setRows[1]))
                 XCTAssertEqual(sal, sal.sorted(), "salient ids ascend")
                 ref = ZipCache.compress(keys: k16, values: v16, heads: H, length: n, headDim: hd,
                                         salientIds: Array(repeating: sal, count: H), regularIds: Array(repeating: reg, count: H))
@@ -402,11 +430,11 @@ final class KVCacheQuantTests: XCTestCase {
             }
             var far = 0, total = 0
             for h in 0..<H {
-                q.dequantKeys(b, l, h, bi, into: &buf)
+                q.dequantKeys(sb, h, into: &buf)
                 let kd = Array(buf[0..<(n * hd)])
-                q.dequantValues(b, l, h, bi, into: &buf)
+                q.dequantValues(sb, h, into: &buf)
                 let vd = Array(buf[0..<(n * hd)])
-                for t in 0..<n { for d in 0..<hd {
+                for t in 0..<n where !evicted.contains(t) { for d in 0..<hd {
                     let i = (h * n + t) * hd + d, x = k16[i], y = v16[i]
                     // Error bound: half a step of the element's group (range / (2^bits - 1) / 2), plus fp16 parameter rounding.
                     func range(_ xs: [Float]) -> Float { xs.max()! - xs.min()! }

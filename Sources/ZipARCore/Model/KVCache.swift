@@ -36,6 +36,11 @@ public struct KVCacheOptions: Sendable {
     public var zipBlock = 128
     /// KIVI's group G (tokens per key group, channels per value group) and the int8 block.
     public var kiviGroup = 32
+    /// ZipVL (`--kv-sparsity zipvl`): per layer and sealed block, keep the fewest tokens whose
+    /// normalised attention covers this fraction of the block's total; the rest are evicted and no
+    /// longer attended. nil = off.
+    public var zipvlTau: Double? = nil
+    public static let defaultZipvlTau = 0.975
     public init() {}
 }
 
@@ -44,9 +49,9 @@ public struct KVCacheOptions: Sendable {
 protocol KVStorage: AnyObject {
     /// Bytes held now (codes, parameters, recent buffer, saliency state).
     var bytes: Int { get }
-    /// Bytes of the stored form of every slot (dense: all; quantized: codes and parameters, without
-    /// the full-precision recent buffer).
-    var formatBytes: Int { get }
+    /// Bits per stored key/value element of the compressed form, parameters included, the recent
+    /// buffer excluded (dense: 32 or 16; quantized: over the blocks sealed so far).
+    var formatBitsPerValue: Double { get }
     func store(_ b: Int, _ layer: Int, _ head: Int, slot: Int, key: UnsafePointer<Float>, value: UnsafePointer<Float>)
     /// Attention of nq queries q[nq][hd] of one (batch entry, layer, KV head) over slots [0, n):
     /// scores is scratch [nq][n] (left holding the probabilities), out is [nq][hd].
@@ -78,6 +83,12 @@ public final class KVCache {
     /// The largest `bytes` seen since the cache was made (the recent buffer grows on demand).
     public private(set) var peakBytes = 0
 
+    /// ZipVL: fraction of the tokens kept per layer (sealed blocks of every image so far); nil when off.
+    public var keptRatioPerLayer: [Double]? {
+        guard let q = storage as? QuantizedKV, q.zipvlTau != nil else { return nil }
+        return zip(q.keptPerLayer, q.seenPerLayer).map { $1 > 0 ? Double($0) / Double($1) : 1 }
+    }
+
     public init(batch: Int, layers: Int, kvHeads: Int, slots: Int, headDim: Int, kind: KVCacheKind = .fp32,
                 options: KVCacheOptions = KVCacheOptions()) {
         self.batch = batch; self.layers = layers; self.kvHeads = kvHeads; self.slots = slots; self.headDim = headDim
@@ -105,7 +116,7 @@ public final class KVCache {
 
     /// Bits per stored key/value element of the compressed form, parameters included (the recent
     /// buffer excluded): 32 for fp32, 16 for fp16, about 3.5 for ZipCache.
-    public var formatBitsPerValue: Double { Double(storage.formatBytes) * 8 / Double(2 * batch * layers * kvHeads * slots * headDim) }
+    public var formatBitsPerValue: Double { storage.formatBitsPerValue }
 
     /// Stores one head's key and value (headDim floats each) at a slot.
     @inline(__always)
@@ -170,7 +181,7 @@ final class DenseKV: KVStorage {
     deinit { keys.deallocate(); values.deallocate() }
 
     var bytes: Int { 2 * elements * (half ? 2 : 4) }
-    var formatBytes: Int { bytes }
+    var formatBitsPerValue: Double { half ? 16 : 32 }
 
     @inline(__always) func base(_ b: Int, _ layer: Int, _ head: Int) -> Int {
         ((b * layers + layer) * kvHeads + head) * slots * headDim

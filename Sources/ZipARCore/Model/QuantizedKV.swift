@@ -21,33 +21,52 @@ final class QuantizedKV: KVStorage {
     enum KeyMode { case channel, token(group: Int) }
     enum ValueMode { case token(group: Int), cst }
 
-    struct Block {
-        var start = 0, count = 0
-        var setRows: [Int] = []            // rows of each set, in set order (salient first)
-        var keyCodeOff: [Int] = [], valueCodeOff: [Int] = []   // bytes, within a head's code region
-        var keyParamOff = 0, valueParamOff = 0                  // halves, within a head's parameter region
-        var sharedOff = 0                                       // halves, within a (b, layer) shared region
+    /// Fixed slot range of a block.
+    struct Block { var start = 0, count = 0 }
+
+    /// Where the parts of one sealed (batch entry, layer, block) lie in its buffer. Per head:
+    /// key codes of each set, value codes of each set, key parameters, value parameters (fp16);
+    /// after the heads: CST row parameters shared by the heads, then the token ids (set order,
+    /// evicted tokens last) when the order is not the identity.
+    struct Layout {
+        var setRows: [Int] = [], setBits: [Int] = []
+        var evicted = 0
+        var keyCode: [Int] = [], valueCode: [Int] = []     // byte offsets within a head
+        var keyParam = 0, valueParam = 0                      // byte offsets within a head
+        var headBytes = 0
+        var shared = 0, ids = 0, bytes = 0                    // byte offsets within the buffer, total size
+        var kept: Int { setRows.reduce(0, +) }
+    }
+
+    /// One sealed (batch entry, layer, block).
+    struct Sealed {
+        var layout = Layout()
+        var data: UnsafeMutableRawPointer? = nil
+        var hasIds = false
+        func codes(_ head: Int) -> UnsafeMutablePointer<UInt8> { (data! + head * layout.headBytes).assumingMemoryBound(to: UInt8.self) }
+        func halves(_ byteOffset: Int) -> UnsafeMutablePointer<UInt16> { (data! + byteOffset).assumingMemoryBound(to: UInt16.self) }
+        var ids: UnsafeMutablePointer<UInt16>? { hasIds ? halves(layout.ids) : nil }
     }
 
     let batch: Int, layers: Int, kvHeads: Int, slots: Int, headDim: Int
     let kind: KVCacheKind
-    let setBits: [Int]
+    let baseBits: [Int]
     let keyMode: KeyMode, valueMode: ValueMode
     let blockSize: Int
     let zip: Bool
+    /// ZipVL: per layer and block, keep the fewest tokens covering tau of the normalised attention; evict the rest.
+    let zipvlTau: Double?
+    /// Attention scores are tracked (ZipCache or ZipVL).
+    let scored: Bool
     let options: KVCacheOptions
     let blocks: [Block]
 
-    // Sealed storage, allocated once.
-    let headCodeBytes: Int, headParamHalves: Int, sharedHalves: Int
-    let codes: UnsafeMutablePointer<UInt8>
-    let params: UnsafeMutablePointer<UInt16>
-    let shared: UnsafeMutablePointer<UInt16>
-    /// ZipCache: per (b, layer) and slot, the block-local token of each set row (set order).
-    let ids: UnsafeMutablePointer<UInt16>
+    /// Sealed blocks, [b][layer][block]; a block's buffer is allocated when it is sealed.
+    private(set) var sealed: [Sealed]
+    private(set) var sealedBytes = 0
     let identity: UnsafeMutablePointer<UInt16>
 
-    // Recent buffer: [b][layer][head][cap][headDim] fp16 keys and values (+ ZipCache attention sums).
+    // Recent buffer: [b][layer][head][cap][headDim] fp16 keys and values (+ attention sums).
     private(set) var cap: Int
     var recentK: UnsafeMutablePointer<UInt16>
     var recentV: UnsafeMutablePointer<UInt16>
@@ -56,6 +75,8 @@ final class QuantizedKV: KVStorage {
     private(set) var recentStart = 0
     private(set) var recentHigh = 0                // 1 + the highest slot stored
     private(set) var sealedBlocks = 0
+    /// ZipVL: tokens kept and tokens sealed, per layer (over every image since the cache was made).
+    private(set) var keptPerLayer: [Int], seenPerLayer: [Int]
 
     // Scratch: one block of one head per worker, and the sealing buffers.
     let workers: Int
@@ -75,56 +96,33 @@ final class QuantizedKV: KVStorage {
         // KIVI groups 32 channels; head_dim 100 (GPT-3B) is not a multiple, so a whole head row is one group there.
         let g = hd % options.kiviGroup == 0 ? options.kiviGroup : hd
         switch kind {
-        case .int8: setBits = [8]; keyMode = .token(group: hd); valueMode = .token(group: hd); blockSize = options.kiviGroup
-        case .kivi2: setBits = [2]; keyMode = .channel; valueMode = .token(group: g); blockSize = options.kiviGroup
-        case .kivi4: setBits = [4]; keyMode = .channel; valueMode = .token(group: g); blockSize = options.kiviGroup
+        case .int8: baseBits = [8]; keyMode = .token(group: hd); valueMode = .token(group: hd); blockSize = options.kiviGroup
+        case .kivi2: baseBits = [2]; keyMode = .channel; valueMode = .token(group: g); blockSize = options.kiviGroup
+        case .kivi4: baseBits = [4]; keyMode = .channel; valueMode = .token(group: g); blockSize = options.kiviGroup
         case .zipcache:
-            setBits = [ZipCache.salientBits, ZipCache.regularBits]; keyMode = .channel; valueMode = .cst; blockSize = options.zipBlock
+            baseBits = [ZipCache.salientBits, ZipCache.regularBits]; keyMode = .channel; valueMode = .cst; blockSize = options.zipBlock
         case .fp32, .fp16: preconditionFailure("dense caches are DenseKV")
         }
         zip = kind == .zipcache
+        zipvlTau = options.zipvlTau
+        scored = zip || zipvlTau != nil
         var list: [Block] = []
-        var codeOff = 0, paramOff = 0, sharedOff = 0
         var start = 0
         while start < slots {
-            var b = Block()
-            b.start = start; b.count = min(blockSize, slots - start)
-            if zip {
-                let nReg = ZipCache.regularCount(b.count, ratio: options.unimportantRatio)
-                b.setRows = [b.count - nReg, nReg]
-            } else {
-                b.setRows = [b.count]
-            }
-            for (s, rows) in b.setRows.enumerated() { b.keyCodeOff.append(codeOff); codeOff += rows * KVQuant.packedBytes(bits: setBits[s], d: hd) }
-            for (s, rows) in b.setRows.enumerated() { b.valueCodeOff.append(codeOff); codeOff += rows * KVQuant.packedBytes(bits: setBits[s], d: hd) }
-            b.keyParamOff = paramOff
-            switch keyMode {
-            case .channel: paramOff += b.setRows.count * 2 * hd
-            case .token(let g): paramOff += b.count * 2 * (hd / g)
-            }
-            b.valueParamOff = paramOff
-            switch valueMode {
-            case .token(let g): paramOff += b.count * 2 * (hd / g)
-            case .cst: paramOff += hd; b.sharedOff = sharedOff; sharedOff += b.count * 2
-            }
-            list.append(b)
-            start += b.count
+            list.append(Block(start: start, count: min(blockSize, slots - start)))
+            start += blockSize
         }
         blocks = list
-        headCodeBytes = codeOff; headParamHalves = paramOff; sharedHalves = sharedOff
+        sealed = Array(repeating: Sealed(), count: batch * layers * list.count)
         let heads = batch * layers * kvHeads
-        codes = .allocate(capacity: max(1, heads * codeOff)); codes.initialize(repeating: 0, count: max(1, heads * codeOff))
-        params = .allocate(capacity: max(1, heads * paramOff)); params.initialize(repeating: 0, count: max(1, heads * paramOff))
-        shared = .allocate(capacity: max(1, batch * layers * sharedOff)); shared.initialize(repeating: 0, count: max(1, batch * layers * sharedOff))
-        let idCount = zip ? batch * layers * slots : 1
-        ids = .allocate(capacity: idCount); ids.initialize(repeating: 0, count: idCount)
         identity = .allocate(capacity: blockSize)
         for i in 0..<blockSize { identity[i] = UInt16(i) }
         cap = blockSize + 64
         recentK = .allocate(capacity: heads * cap * hd); recentK.initialize(repeating: 0, count: heads * cap * hd)
         recentV = .allocate(capacity: heads * cap * hd); recentV.initialize(repeating: 0, count: heads * cap * hd)
-        acc = .allocate(capacity: zip ? heads * cap : 1); acc.initialize(repeating: 0, count: zip ? heads * cap : 1)
-        counts = .allocate(capacity: zip ? batch * slots : 1); counts.initialize(repeating: 0, count: zip ? batch * slots : 1)
+        acc = .allocate(capacity: scored ? heads * cap : 1); acc.initialize(repeating: 0, count: scored ? heads * cap : 1)
+        counts = .allocate(capacity: scored ? batch * slots : 1); counts.initialize(repeating: 0, count: scored ? batch * slots : 1)
+        keptPerLayer = Array(repeating: 0, count: layers); seenPerLayer = keptPerLayer
         workers = max(1, Parallel.threads)
         scratch = .allocate(capacity: workers * blockSize * hd)
         sealRows = .allocate(capacity: blockSize * hd)
@@ -136,23 +134,54 @@ final class QuantizedKV: KVStorage {
     }
 
     deinit {
-        codes.deallocate(); params.deallocate(); shared.deallocate(); ids.deallocate(); identity.deallocate()
+        for s in sealed { s.data?.deallocate() }
+        identity.deallocate()
         recentK.deallocate(); recentV.deallocate(); acc.deallocate(); counts.deallocate()
         scratch.deallocate(); sealRows.deallocate(); sealSet.deallocate(); sealAll.deallocate()
         sealCodes.deallocate(); sealMin.deallocate(); sealStep.deallocate()
     }
 
+    /// The byte layout of a block with these set sizes (the last `evicted` tokens have no storage).
+    func layout(setRows: [Int], evicted: Int, ids: Bool) -> Layout {
+        var l = Layout()
+        l.setRows = setRows; l.setBits = baseBits; l.evicted = evicted
+        let hd = headDim, n = setRows.reduce(0, +)
+        var o = 0
+        for (s, rows) in setRows.enumerated() { l.keyCode.append(o); o += rows * KVQuant.packedBytes(bits: baseBits[s], d: hd) }
+        for (s, rows) in setRows.enumerated() { l.valueCode.append(o); o += rows * KVQuant.packedBytes(bits: baseBits[s], d: hd) }
+        o = (o + 1) & ~1                                  // halves are 2-byte aligned
+        l.keyParam = o
+        switch keyMode {
+        case .channel: o += setRows.count * 2 * hd * 2
+        case .token(let g): o += n * 2 * (hd / g) * 2
+        }
+        l.valueParam = o
+        switch valueMode {
+        case .token(let g): o += n * 2 * (hd / g) * 2
+        case .cst: o += hd * 2
+        }
+        l.headBytes = o
+        l.shared = kvHeads * o
+        if case .cst = valueMode { l.ids = l.shared + n * 2 * 2 } else { l.ids = l.shared }
+        l.bytes = l.ids + (ids ? (n + evicted) * 2 : 0)
+        return l
+    }
+
+    /// The sealed storage of (b, layer, block k).
+    func sealedBlock(_ b: Int, _ layer: Int, _ k: Int) -> Sealed { sealed[(b * layers + layer) * blocks.count + k] }
+
     // MARK: sizes
 
     var heads: Int { batch * layers * kvHeads }
-    /// Bytes of the quantized form of every block (codes, parameters, ZipCache ids).
-    var compressedBytes: Int {
-        heads * (headCodeBytes + 2 * headParamHalves) + 2 * batch * layers * sharedHalves + (zip ? 2 * batch * layers * slots : 0)
-    }
     /// Bytes of the recent buffer and the saliency state.
-    var recentBytes: Int { heads * cap * headDim * 2 * 2 + (zip ? heads * cap * 4 + batch * slots * 4 : 0) }
-    var bytes: Int { compressedBytes + recentBytes }
-    var formatBytes: Int { compressedBytes }
+    var recentBytes: Int { heads * cap * headDim * 2 * 2 + (scored ? heads * cap * 4 + batch * slots * 4 : 0) }
+    var bytes: Int { sealedBytes + recentBytes }
+    /// Bits per element of the sealed blocks (evicted tokens count as stored slots with 0 bits).
+    var formatBitsPerValue: Double {
+        let sealedSlots = blocks.prefix(sealedBlocks).reduce(0) { $0 + $1.count }
+        guard sealedSlots > 0 else { return 0 }
+        return Double(sealedBytes) * 8 / Double(sealedSlots * 2 * batch * layers * kvHeads * headDim)
+    }
 
     @inline(__always) func headIndex(_ b: Int, _ layer: Int, _ head: Int) -> Int { (b * layers + layer) * kvHeads + head }
 
@@ -181,12 +210,12 @@ final class QuantizedKV: KVStorage {
         }
         recentK = moved(recentK, width: hd, zero: 0)
         recentV = moved(recentV, width: hd, zero: 0)
-        if zip { acc = moved(acc, width: 1, zero: 0) }
+        if scored { acc = moved(acc, width: 1, zero: 0) }
         cap = newCap
     }
 
     func beginPass(positions: [Int], batchOf: [Int], masks: UnsafePointer<UInt8>, slots S: Int) {
-        guard zip else { return }
+        guard scored else { return }
         // ZipAR: the number of queries that saw a slot is counted, never derived from L - i.
         for (r, p) in positions.enumerated() where p >= recentStart {
             let m = masks + r * S, c = counts + batchOf[r] * slots
@@ -212,13 +241,20 @@ final class QuantizedKV: KVStorage {
             let blk = blocks[k]
             guard blk.start < n else { break }
             let len = min(blk.count, n - blk.start)
-            dequantKeys(b, layer, head, k, into: buf)
+            let sb = sealedBlock(b, layer, k)
+            dequantKeys(sb, head, into: buf)
             ck_gemm_rows(q, Int32(nq), Int32(hd), buf, 0, Int32(len), scores + blk.start, Int32(n))
+            // ZipVL: evicted tokens are not attended (sparse attention).
+            if sb.layout.evicted > 0, let ids = sb.ids {
+                for e in sb.layout.kept..<(sb.layout.kept + sb.layout.evicted) where Int(ids[e]) < len {
+                    for i in 0..<nq { scores[i * n + blk.start + Int(ids[e])] = -.infinity }
+                }
+            }
         }
         if nRecent > 0 { ck_gemm_rows_f16(q, Int32(nq), Int32(hd), rk, 0, Int32(nRecent), scores + recentStart, Int32(n)) }
         ck_softmax_rows(masks, maskOffsets, Int32(nq), Int32(n), scale, scores)
-        // ZipCache saliency: attention received by each open slot (sealed slots are already split).
-        if zip && nRecent > 0 {
+        // Saliency: attention received by each open slot (sealed slots are already split).
+        if scored && nRecent > 0 {
             let a = acc + hi * cap
             for i in 0..<nq where options.zipScore == .exact || Self.isProbe(querySlots[i]) {
                 let p = scores + i * n + recentStart
@@ -230,7 +266,8 @@ final class QuantizedKV: KVStorage {
             let blk = blocks[k]
             guard blk.start < n else { break }
             let len = min(blk.count, n - blk.start)
-            dequantValues(b, layer, head, k, into: buf)
+            dequantValues(sealedBlock(b, layer, k), head, into: buf)
+            // Evicted rows of the scratch hold stale values, but their probabilities are 0 (skipped).
             for i in 0..<nq { ck_weighted_rows_acc(scores + i * n + blk.start, buf, Int32(len), Int32(hd), out + i * hd) }
         }
         if nRecent > 0 {
@@ -238,41 +275,40 @@ final class QuantizedKV: KVStorage {
         }
     }
 
-    /// Keys of block k of one head, in slot order, into out[count][headDim].
-    func dequantKeys(_ b: Int, _ layer: Int, _ head: Int, _ k: Int, into out: UnsafeMutablePointer<Float>) {
-        let blk = blocks[k], hd = headDim, hi = headIndex(b, layer, head)
-        let c = codes + hi * headCodeBytes, p = params + hi * headParamHalves + blk.keyParamOff
-        let idBase: UnsafeMutablePointer<UInt16> = zip ? ids + (b * layers + layer) * slots + blk.start : identity
+    /// Keys of a sealed block of one head, in slot order, into out[count][headDim] (evicted rows untouched).
+    func dequantKeys(_ sb: Sealed, _ head: Int, into out: UnsafeMutablePointer<Float>) {
+        let L = sb.layout, hd = headDim
+        let c = sb.codes(head), p = sb.halves(head * L.headBytes + L.keyParam)
+        let idBase = sb.ids ?? identity
         var row0 = 0
-        for (s, rows) in blk.setRows.enumerated() where rows > 0 {
+        for (s, rows) in L.setRows.enumerated() where rows > 0 {
             switch keyMode {
             case .channel:
-                ck_kv_dequant_channel(c + blk.keyCodeOff[s], Int32(setBits[s]), Int32(rows), Int32(hd), p + s * 2 * hd, p + s * 2 * hd + hd,
+                ck_kv_dequant_channel(c + L.keyCode[s], Int32(L.setBits[s]), Int32(rows), Int32(hd), p + s * 2 * hd, p + s * 2 * hd + hd,
                                       idBase + row0, out)
             case .token(let g):
                 let G = hd / g
-                ck_kv_dequant_token(c + blk.keyCodeOff[s], Int32(setBits[s]), Int32(rows), Int32(hd), Int32(g), p + row0 * 2 * G,
+                ck_kv_dequant_token(c + L.keyCode[s], Int32(L.setBits[s]), Int32(rows), Int32(hd), Int32(g), p + row0 * 2 * G,
                                     Int32(2 * G), nil, idBase + row0, out)
             }
             row0 += rows
         }
     }
 
-    /// Values of block k of one head, in slot order, into out[count][headDim].
-    func dequantValues(_ b: Int, _ layer: Int, _ head: Int, _ k: Int, into out: UnsafeMutablePointer<Float>) {
-        let blk = blocks[k], hd = headDim, hi = headIndex(b, layer, head)
-        let c = codes + hi * headCodeBytes, p = params + hi * headParamHalves + blk.valueParamOff
-        let idBase: UnsafeMutablePointer<UInt16> = zip ? ids + (b * layers + layer) * slots + blk.start : identity
+    /// Values of a sealed block of one head, in slot order, into out[count][headDim] (evicted rows untouched).
+    func dequantValues(_ sb: Sealed, _ head: Int, into out: UnsafeMutablePointer<Float>) {
+        let L = sb.layout, hd = headDim
+        let c = sb.codes(head), p = sb.halves(head * L.headBytes + L.valueParam)
+        let idBase = sb.ids ?? identity
         var row0 = 0
-        for (s, rows) in blk.setRows.enumerated() where rows > 0 {
+        for (s, rows) in L.setRows.enumerated() where rows > 0 {
             switch valueMode {
             case .token(let g):
                 let G = hd / g
-                ck_kv_dequant_token(c + blk.valueCodeOff[s], Int32(setBits[s]), Int32(rows), Int32(hd), Int32(g), p + row0 * 2 * G,
+                ck_kv_dequant_token(c + L.valueCode[s], Int32(L.setBits[s]), Int32(rows), Int32(hd), Int32(g), p + row0 * 2 * G,
                                     Int32(2 * G), nil, idBase + row0, out)
             case .cst:
-                let sp = shared + (b * layers + layer) * sharedHalves + blk.sharedOff + row0 * 2
-                ck_kv_dequant_token(c + blk.valueCodeOff[s], Int32(setBits[s]), Int32(rows), Int32(hd), Int32(hd), sp, 2, p,
+                ck_kv_dequant_token(c + L.valueCode[s], Int32(L.setBits[s]), Int32(rows), Int32(hd), Int32(hd), sb.halves(L.shared) + row0 * 2, 2, p,
                                     idBase + row0, out)
             }
             row0 += rows
@@ -294,66 +330,89 @@ final class QuantizedKV: KVStorage {
 
     @inline(__always) private static func half(_ x: Float) -> UInt16 { Float16(x).bitPattern }
 
+    /// Token order of a block: the base cache's sets (ZipCache: salient ascending, then regular by
+    /// ascending score), then the tokens ZipVL evicts.
+    private func tokenOrder(_ b: Int, _ layer: Int, _ blk: Block) -> (order: [Int], setRows: [Int], evicted: Int) {
+        let n = blk.count
+        guard scored else { return (Array(0..<n), [n], 0) }
+        // Normalised score: attention received, summed over heads, / queries that could see the token.
+        let cnt = counts + b * slots + blk.start
+        for t in 0..<n {
+            var s: Float = 0
+            for h in 0..<kvHeads { s += acc[headIndex(b, layer, h) * cap + t] }
+            sealScores[t] = cnt[t] > 0 ? s / Float(cnt[t]) : 0
+        }
+        let scores = Array(sealScores[0..<n])
+        var kept = Array(0..<n), evicted: [Int] = []
+        if let tau = zipvlTau {
+            // ZipVL: the fewest tokens whose scores cover tau of the block's total (ties: earlier first).
+            let desc = scores.indices.sorted { scores[$0] != scores[$1] ? scores[$0] > scores[$1] : $0 < $1 }
+            let total = scores.reduce(0, +)
+            var sum: Float = 0, p = 0
+            while p < n && (total <= 0 || Double(sum) < tau * Double(total)) { sum += scores[desc[p]]; p += 1 }
+            if total <= 0 { p = n }
+            kept = Array(desc.prefix(p)).sorted()
+            evicted = Array(desc.suffix(n - p)).sorted()
+            keptPerLayer[layer] += p; seenPerLayer[layer] += n
+        }
+        guard zip else { return (kept + evicted, [kept.count], evicted.count) }
+        let (sal, reg) = ZipCache.split(scores: kept.map { scores[$0] }, ratio: options.unimportantRatio)
+        return (sal.map { kept[$0] } + reg.map { kept[$0] } + evicted, [sal.count, reg.count], evicted.count)
+    }
+
     private func sealBlock(_ b: Int, _ layer: Int, _ k: Int) {
         let blk = blocks[k], n = blk.count, hd = headDim, C = kvHeads * hd
-        // 1. Token order of the sets: ZipCache splits by the normalised score summed over heads.
-        var order = Array(0..<n)
-        if zip {
-            let cnt = counts + b * slots + blk.start
-            for t in 0..<n {
-                var s: Float = 0
-                for h in 0..<kvHeads { s += acc[headIndex(b, layer, h) * cap + t] }
-                sealScores[t] = cnt[t] > 0 ? s / Float(cnt[t]) : 0
-            }
-            let (sal, reg) = ZipCache.split(scores: Array(sealScores[0..<n]), ratio: options.unimportantRatio)
-            order = sal + reg
-            let idp = ids + (b * layers + layer) * slots + blk.start
-            for (r, t) in order.enumerated() { idp[r] = UInt16(t) }
-        }
+        let (order, setRows, evicted) = tokenOrder(b, layer, blk)
+        let hasIds = scored
+        var sb = Sealed()
+        sb.layout = layout(setRows: setRows, evicted: evicted, ids: hasIds)
+        sb.hasIds = hasIds
+        sb.data = UnsafeMutableRawPointer.allocate(byteCount: max(1, sb.layout.bytes), alignment: 16)
+        sb.data!.initializeMemory(as: UInt8.self, repeating: 0, count: max(1, sb.layout.bytes))
+        let L = sb.layout
+        if let idp = sb.ids { for (r, t) in order.enumerated() { idp[r] = UInt16(t) } }
         let round: KVQuant.ParamRounding = KVQuant.toHalf
-        // 2. Keys, head by head.
+        // 1. Keys, head by head.
         for h in 0..<kvHeads {
-            let hi = headIndex(b, layer, h)
-            ck_f16_to_f32(recentK + hi * cap * hd, sealRows, Int32(n * hd))
-            let c = codes + hi * headCodeBytes, p = params + hi * headParamHalves + blk.keyParamOff
+            ck_f16_to_f32(recentK + headIndex(b, layer, h) * cap * hd, sealRows, Int32(n * hd))
+            let c = sb.codes(h), p = sb.halves(h * L.headBytes + L.keyParam)
             var row0 = 0
-            for (s, rows) in blk.setRows.enumerated() where rows > 0 {
+            for (s, rows) in setRows.enumerated() where rows > 0 {
                 for r in 0..<rows { (sealSet + r * hd).update(from: sealRows + order[row0 + r] * hd, count: hd) }
                 switch keyMode {
                 case .channel:
-                    KVQuant.channelwise(sealSet, rows: rows, d: hd, ld: hd, bits: setBits[s], codes: sealCodes, mins: sealMin, steps: sealStep, round: round)
+                    KVQuant.channelwise(sealSet, rows: rows, d: hd, ld: hd, bits: L.setBits[s], codes: sealCodes, mins: sealMin, steps: sealStep, round: round)
                     for i in 0..<hd { p[s * 2 * hd + i] = Self.half(sealMin[i]); p[s * 2 * hd + hd + i] = Self.half(sealStep[i]) }
                 case .token(let g):
                     let G = hd / g
                     for r in 0..<rows {
-                        KVQuant.tokenwise(sealSet + r * hd, d: hd, group: g, bits: setBits[s], codes: sealCodes + r * hd,
+                        KVQuant.tokenwise(sealSet + r * hd, d: hd, group: g, bits: L.setBits[s], codes: sealCodes + r * hd,
                                           mins: sealMin, steps: sealStep, round: round)
                         let pr = p + (row0 + r) * 2 * G
                         for i in 0..<G { pr[i] = Self.half(sealMin[i]); pr[G + i] = Self.half(sealStep[i]) }
                     }
                 }
-                let rb = KVQuant.packedBytes(bits: setBits[s], d: hd)
-                for r in 0..<rows { KVQuant.pack(sealCodes + r * hd, bits: setBits[s], d: hd, into: c + blk.keyCodeOff[s] + r * rb) }
+                let rb = KVQuant.packedBytes(bits: L.setBits[s], d: hd)
+                for r in 0..<rows { KVQuant.pack(sealCodes + r * hd, bits: L.setBits[s], d: hd, into: c + L.keyCode[s] + r * rb) }
                 row0 += rows
             }
         }
-        // 3. Values.
+        // 2. Values.
         switch valueMode {
         case .token(let g):
             let G = hd / g
             for h in 0..<kvHeads {
-                let hi = headIndex(b, layer, h)
-                ck_f16_to_f32(recentV + hi * cap * hd, sealRows, Int32(n * hd))
-                let c = codes + hi * headCodeBytes, p = params + hi * headParamHalves + blk.valueParamOff
+                ck_f16_to_f32(recentV + headIndex(b, layer, h) * cap * hd, sealRows, Int32(n * hd))
+                let c = sb.codes(h), p = sb.halves(h * L.headBytes + L.valueParam)
                 var row0 = 0
-                for (s, rows) in blk.setRows.enumerated() where rows > 0 {
-                    let rb = KVQuant.packedBytes(bits: setBits[s], d: hd)
+                for (s, rows) in setRows.enumerated() where rows > 0 {
+                    let rb = KVQuant.packedBytes(bits: L.setBits[s], d: hd)
                     for r in 0..<rows {
-                        KVQuant.tokenwise(sealRows + order[row0 + r] * hd, d: hd, group: g, bits: setBits[s], codes: sealCodes,
+                        KVQuant.tokenwise(sealRows + order[row0 + r] * hd, d: hd, group: g, bits: L.setBits[s], codes: sealCodes,
                                           mins: sealMin, steps: sealStep, round: round)
                         let pr = p + (row0 + r) * 2 * G
                         for i in 0..<G { pr[i] = Self.half(sealMin[i]); pr[G + i] = Self.half(sealStep[i]) }
-                        KVQuant.pack(sealCodes, bits: setBits[s], d: hd, into: c + blk.valueCodeOff[s] + r * rb)
+                        KVQuant.pack(sealCodes, bits: L.setBits[s], d: hd, into: c + L.valueCode[s] + r * rb)
                     }
                     row0 += rows
                 }
@@ -364,30 +423,32 @@ final class QuantizedKV: KVStorage {
                 ck_f16_to_f32(recentV + headIndex(b, layer, h) * cap * hd, sealRows, Int32(n * hd))
                 for t in 0..<n { (sealAll + t * C + h * hd).update(from: sealRows + t * hd, count: hd) }
             }
-            // Channel normaliser sqrt(max |V|) over the block's tokens (stored fp16; V is divided by the stored value).
+            // Channel normaliser sqrt(max |V|) over the block's stored tokens (fp16; V is divided by the stored value).
+            let stored = order.prefix(L.kept)
             for ch in 0..<C {
                 var m: Float = 0
-                for t in 0..<n { m = max(m, abs(sealAll[t * C + ch])) }
+                for t in stored { m = max(m, abs(sealAll[t * C + ch])) }
                 let cs = KVQuant.toHalf(m.squareRoot())
-                params[headIndex(b, layer, ch / hd) * headParamHalves + blk.valueParamOff + ch % hd] = Self.half(cs)
-                for t in 0..<n { sealAll[t * C + ch] = cs > 0 ? sealAll[t * C + ch] / cs : 0 }
+                sb.halves((ch / hd) * L.headBytes + L.valueParam)[ch % hd] = Self.half(cs)
+                for t in stored { sealAll[t * C + ch] = cs > 0 ? sealAll[t * C + ch] / cs : 0 }
             }
-            let sp = shared + (b * layers + layer) * sharedHalves + blk.sharedOff
+            let sp = sb.halves(L.shared)
             var row0 = 0
-            for (s, rows) in blk.setRows.enumerated() where rows > 0 {
-                let rb = KVQuant.packedBytes(bits: setBits[s], d: hd)
+            for (s, rows) in setRows.enumerated() where rows > 0 {
+                let rb = KVQuant.packedBytes(bits: L.setBits[s], d: hd)
                 for r in 0..<rows {
-                    KVQuant.tokenwise(sealAll + order[row0 + r] * C, d: C, group: C, bits: setBits[s], codes: sealCodes,
+                    KVQuant.tokenwise(sealAll + order[row0 + r] * C, d: C, group: C, bits: L.setBits[s], codes: sealCodes,
                                       mins: sealMin, steps: sealStep, round: round)
                     sp[(row0 + r) * 2] = Self.half(sealMin[0]); sp[(row0 + r) * 2 + 1] = Self.half(sealStep[0])
                     for h in 0..<kvHeads {
-                        KVQuant.pack(sealCodes + h * hd, bits: setBits[s], d: hd,
-                                     into: codes + headIndex(b, layer, h) * headCodeBytes + blk.valueCodeOff[s] + r * rb)
+                        KVQuant.pack(sealCodes + h * hd, bits: L.setBits[s], d: hd, into: sb.codes(h) + L.valueCode[s] + r * rb)
                     }
                 }
                 row0 += rows
             }
         }
+        sealed[(b * layers + layer) * blocks.count + k] = sb
+        sealedBytes += L.bytes
     }
 
     /// Drops the first n slots of the recent buffer (just sealed).
@@ -400,7 +461,7 @@ final class QuantizedKV: KVStorage {
                 if keep > 0 { memmove(base, base + n * hd, keep * hd * 2) }
                 (base + keep * hd).update(repeating: 0, count: (used - keep) * hd)
             }
-            if zip {
+            if scored {
                 let a = acc + h * cap
                 if keep > 0 { memmove(a, a + n, keep * 4) }
                 (a + keep).update(repeating: 0, count: used - keep)
@@ -411,15 +472,13 @@ final class QuantizedKV: KVStorage {
     }
 
     func reset() {
-        codes.update(repeating: 0, count: max(1, heads * headCodeBytes))
-        params.update(repeating: 0, count: max(1, heads * headParamHalves))
-        shared.update(repeating: 0, count: max(1, batch * layers * sharedHalves))
+        for i in sealed.indices { sealed[i].data?.deallocate(); sealed[i] = Sealed() }
+        sealedBytes = 0
         recentK.update(repeating: 0, count: heads * cap * headDim)
         recentV.update(repeating: 0, count: heads * cap * headDim)
-        if zip {
+        if scored {
             acc.update(repeating: 0, count: heads * cap)
             counts.update(repeating: 0, count: batch * slots)
-            ids.update(repeating: 0, count: batch * layers * slots)
         }
         recentStart = 0; recentHigh = 0; sealedBlocks = 0
     }
