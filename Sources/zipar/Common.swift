@@ -24,6 +24,9 @@ struct ModelOptions: ParsableArguments {
     @Option(help: "KV token sparsity: zipvl (per layer and sealed block, keep the fewest tokens covering --zipvl-tau of the normalised attention, evict the rest; needs a quantized cache).")
     var kvSparsity: String?
 
+    @Option(help: "KV cross-layer merging: minicache (from half depth, adjacent layers share SLERP-merged K/V; needs a quantized cache).")
+    var kvMerge: String?
+
     @Option(help: "ZipVL attention coverage tau in (0, 1].")
     var zipvlTau: Double = KVCacheOptions.defaultZipvlTau
 
@@ -31,6 +34,7 @@ struct ModelOptions: ParsableArguments {
         if let t = threads, t < 1 || t > 256 { throw ValidationError("--threads must be between 1 and 256") }
         _ = try parseKVCaches(kvCache, flag: "--kv-cache")
         if let s = kvSparsity, s != "zipvl" { throw ValidationError("--kv-sparsity takes zipvl, got '\(s)'") }
+        if let m = kvMerge, m != "minicache" { throw ValidationError("--kv-merge takes minicache, got '\(m)'") }
         guard zipvlTau > 0, zipvlTau <= 1 else { throw ValidationError("--zipvl-tau must be in (0, 1]") }
         guard zipcacheBlock >= 8, zipcacheBlock <= 4096 else { throw ValidationError("--zipcache-block must be between 8 and 4096") }
         guard ZipCacheScore(rawValue: zipcacheScore) != nil else { throw ValidationError("--zipcache-score must be exact or probe") }
@@ -41,19 +45,25 @@ struct ModelOptions: ParsableArguments {
     /// ZipVL evicts tokens from sealed blocks, which only the quantized caches have. With a list
     /// (bench, eval) it applies to the quantized caches, the others are the reference.
     func checkSparsity(_ kinds: [KVCacheKind]) throws {
-        if kvSparsity != nil, !kinds.contains(where: { $0.isQuantized }) {
-            throw ValidationError("--kv-sparsity zipvl needs a quantized cache (int8, kivi2, kivi4, zipcache), not \(kinds.map(\.rawValue).joined(separator: ","))")
+        for (flag, on) in [("--kv-sparsity zipvl", kvSparsity != nil), ("--kv-merge minicache", kvMerge != nil)] where on {
+            guard kinds.contains(where: { $0.isQuantized }) else {
+                throw ValidationError("\(flag) needs a quantized cache (int8, kivi2, kivi4, zipcache), not \(kinds.map(\.rawValue).joined(separator: ","))")
+            }
         }
     }
 
-    /// The name of a cache kind as run (with "+zipvl" where ZipVL applies).
-    func kvName(_ kind: KVCacheKind) -> String { kind.rawValue + (kvSparsity != nil && kind.isQuantized ? "+zipvl" : "") }
+    /// The name of a cache kind as run (with "+minicache", "+zipvl" where they apply).
+    func kvName(_ kind: KVCacheKind) -> String {
+        guard kind.isQuantized else { return kind.rawValue }
+        return kind.rawValue + (kvMerge != nil ? "+minicache" : "") + (kvSparsity != nil ? "+zipvl" : "")
+    }
 
     var kvOptions: KVCacheOptions {
         var o = KVCacheOptions()
         o.zipScore = ZipCacheScore(rawValue: zipcacheScore) ?? .exact
         o.zipBlock = zipcacheBlock
         if kvSparsity == "zipvl" { o.zipvlTau = zipvlTau }
+        o.miniCache = kvMerge == "minicache"
         return o
     }
 

@@ -157,11 +157,14 @@ final class KVCacheQuantTests: XCTestCase {
     /// reference `ZipCache.compress` on the same split (up to fp16 parameter rounding), and attention
     /// over the compressed form equals naive attention over the dequantized block + fp16 recent slots.
     func testStreamingCacheBlocksAndAttention() {
-        let heads = 2, hd = 16, slots = 70, layers = 2, batch = 2
+        let heads = 2, hd = 16, slots = 70, batch = 2
         var opts = KVCacheOptions(); opts.zipBlock = 20; opts.kiviGroup = 16
-        for (kind, tau) in [(KVCacheKind.int8, nil), (.kivi2, nil), (.kivi4, nil), (.zipcache, nil), (.kivi4, 0.9), (.zipcache, 0.8)] as [(KVCacheKind, Double?)] {
+        for (kind, tau, merge) in [(KVCacheKind.int8, nil, false), (.kivi2, nil, false), (.kivi4, nil, false), (.zipcache, nil, false),
+                                   (.kivi4, 0.9, false), (.zipcache, 0.8, false), (.kivi4, nil, true), (.zipcache, 0.9, true)] as [(KVCacheKind, Double?, Bool)] {
             var rng = RNG(seed: 11)
-            opts.zipvlTau = tau
+            opts.zipvlTau = tau; opts.miniCache = merge
+            // MiniCache merges from half depth: 4 layers give one merged pair (2, 3).
+            let layers = merge ? 4 : 2
             let cache = KVCache(batch: batch, layers: layers, kvHeads: heads, slots: slots, headDim: hd, kind: kind, options: opts)
             let q = cache.storage as! QuantizedKV
             var K = [Float](repeating: 0, count: batch * layers * heads * slots * hd), V = K
@@ -244,9 +247,10 @@ final class KVCacheQuantTests: XCTestCase {
                 cache.seal()
                 if q.sealedBlocks > before {
                     checkSealed(q, kind, zipvl: tau != nil, blockIndex: q.sealedBlocks - 1, K: K, V: V, idx: idx)
+                    if merge { XCTAssertNotNil(q.merged[(0 * layers + 2) * q.blocks.count + before], "layers 2 and 3 are merged") }
                     if let tau {
                         // ZipVL keeps the fewest top-score tokens covering tau of the block's total.
-                        for b in 0..<batch { for l in 0..<layers {
+                        for b in 0..<batch { for l in 0..<layers where q.pair(l)?.second != true {
                             let sb = q.sealedBlock(b, l, before), sc = blockScores[b * layers + l]
                             let kept = (0..<sb.layout.kept).map { Float(sc[Int(sb.ids![$0])]) }.sorted(by: >)
                             let evicted = (sb.layout.kept..<(sb.layout.kept + sb.layout.evicted)).map { sc[Int(sb.ids![$0])] }
@@ -333,6 +337,70 @@ final class KVCacheQuantTests: XCTestCase {
         }
     }
 
+    /// MiniCache's merge: the merged direction is the SLERP (t = 0.6) of the two unit directions,
+    /// each layer restores with its own norm, identical layers come back unchanged, and the most
+    /// distinct pairs (top 5% of the angular range) come back exactly.
+    func testMiniCacheMergeRestore() {
+        let n = 40, hd = 16
+        var rng = RNG(seed: 8)
+        var a = [UInt16](repeating: 0, count: n * hd), c = a
+        for t in 0..<n { for i in 0..<hd {
+            let x = rng.nextNormal() * 2
+            a[t * hd + i] = Float16(x).bitPattern
+            // Token 0: the same vector in both layers; token 1: opposite-ish (most distinct); the rest: correlated.
+            let y: Float = t == 0 ? x : t == 1 ? -x + 0.1 * rng.nextNormal() : 0.5 * x + 0.6 * rng.nextNormal()
+            c[t * hd + i] = Float16(y).bitPattern
+        } }
+        let original = (a, c)
+        var m = MergedBlock(count: n, heads: 1, headDim: hd)
+        m.merge(kv: 0, head: 0, a: &a, c: c)
+        XCTAssertTrue(m.retainedIds[0].contains(1), "the most distinct pair is retained")
+        XCTAssertFalse(m.retainedIds[0].contains(0))
+        func f(_ x: [UInt16]) -> [Float] { x.map { Float(Float16(bitPattern: $0)) } }
+        let e = f(a), xa = f(original.0), xc = f(original.1)
+        for second in [false, true] {
+            var rows = e
+            m.restore(kv: 0, second: second, head: 0, rows: &rows, len: n)
+            let x = second ? xc : xa
+            for t in 0..<n {
+                let r = Array(rows[(t * hd)..<((t + 1) * hd)]), o = Array(x[(t * hd)..<((t + 1) * hd)])
+                func norm(_ v: [Float]) -> Float { v.reduce(0) { $0 + $1 * $1 }.squareRoot() }
+                XCTAssertEqual(norm(r), norm(o), accuracy: 2e-3 * norm(o), "norm kept, token \(t)")
+                if t <= 1 { for i in 0..<hd { XCTAssertEqual(r[i], o[i], accuracy: 3e-3 * max(1, abs(o[i])), "token \(t)") } }
+            }
+        }
+        // SLERP: the merged direction is at t·Ω from layer a's direction and (1-t)·Ω from layer c's.
+        for t in 2..<n where !m.retainedIds[0].contains(UInt16(t)) {
+            func unit(_ v: ArraySlice<Float>) -> [Float] { let s = v.reduce(0) { $0 + $1 * $1 }.squareRoot(); return v.map { $0 / s } }
+            let ua = unit(xa[(t * hd)..<((t + 1) * hd)]), uc = unit(xc[(t * hd)..<((t + 1) * hd)]), ue = unit(e[(t * hd)..<((t + 1) * hd)])
+            func angle(_ p: [Float], _ q: [Float]) -> Float { acos(min(1, max(-1, zip(p, q).reduce(0) { $0 + $1.0 * $1.1 }))) }
+            let omega = angle(ua, uc)
+            XCTAssertEqual(angle(ua, ue), 0.6 * omega, accuracy: 3e-3)
+            XCTAssertEqual(angle(uc, ue), 0.4 * omega, accuracy: 3e-3)
+        }
+    }
+
+    /// MiniCache and ZipVL on a 4-layer model (one merged pair) with ZipAR windows and the adaptive window.
+    func testMergeAndSparsityGeneration() throws {
+        var cfg = try GPTConfig(json: try Fixtures.json("llamagen/gpt_c2i_tiny.config.json"))
+        cfg.n_layer = 4
+        let gpt = try GPT(randomWithConfig: cfg, seed: 3)
+        var o = GenerationOptions(); o.sampling.cfgScale = 4; o.sampling.topK = 20; o.seed = 1
+        for (kind, tau, merge) in [(KVCacheKind.zipcache, nil, true), (.kivi4, 0.95, true), (.zipcache, 0.95, false)] as [(KVCacheKind, Double?, Bool)] {
+            var opts = KVCacheOptions(); opts.zipBlock = 16; opts.kiviGroup = 8; opts.zipvlTau = tau; opts.miniCache = merge
+            for (window, adaptive) in [(3, nil), (4, 2)] as [(Int, Int?)] {
+                let gen = try Generator(gpt: gpt, schedule: try Schedule.make(height: 8, width: 8, window: window), kvPrecision: kind, kvOptions: opts)
+                o.adaptiveMinWindow = adaptive
+                let a = try gen.generate(.classLabel(2), options: o), b = try gen.generate(.classLabel(2), options: o)
+                XCTAssertEqual(a.tokens, b.tokens)
+                let cache = gen.cache(cfg: true), q = cache.storage as! QuantizedKV
+                XCTAssertEqual(q.sealedBlocks, q.blocks.count - 1)
+                XCTAssertEqual(q.merged.contains { $0 != nil }, merge)
+                if let kept = cache.keptRatioPerLayer { XCTAssertTrue(kept.allSatisfy { $0 > 0 && $0 <= 1 }, "\(kept)") } else { XCTAssertNil(tau) }
+            }
+        }
+    }
+
     /// Queries per slot are counted from the masks (ZipAR), not derived from L - i.
     func testZipCacheCountsQueriesPerSlot() {
         let S = 10
@@ -385,10 +453,13 @@ final class KVCacheQuantTests: XCTestCase {
         var buf = [Float](repeating: 0, count: q.blockSize * hd)
         var evicted = Set<Int>()
         for bi in 0..<q.sealedBlocks {
-            let blk = q.blocks[bi], sb = q.sealedBlock(b, l, bi)
+            let blk = q.blocks[bi], pr = q.pair(l), sb = q.sealedBlock(b, pr?.first ?? l, bi)
+            let m = pr.flatMap { q.merged[(b * q.layers + $0.first) * q.blocks.count + bi] }
             q.dequantKeys(sb, h, into: &buf)
+            if let m { m.restore(kv: 0, second: pr!.second, head: h, rows: &buf, len: blk.count) }
             for i in 0..<(blk.count * hd) where blk.start * hd + i < n * hd { k[blk.start * hd + i] = buf[i] }
             q.dequantValues(sb, h, into: &buf)
+            if let m { m.restore(kv: 1, second: pr!.second, head: h, rows: &buf, len: blk.count) }
             for i in 0..<(blk.count * hd) where blk.start * hd + i < n * hd { v[blk.start * hd + i] = buf[i] }
             for e in sb.layout.kept..<(sb.layout.kept + sb.layout.evicted) { evicted.insert(blk.start + Int(sb.ids![e])) }
         }
@@ -403,8 +474,8 @@ final class KVCacheQuantTests: XCTestCase {
     func checkSealed(_ q: QuantizedKV, _ kind: KVCacheKind, zipvl: Bool, blockIndex bi: Int, K: [Float], V: [Float], idx: (Int, Int, Int, Int) -> Int) {
         let blk = q.blocks[bi], hd = q.headDim, H = q.kvHeads, n = blk.count
         var buf = [Float](repeating: 0, count: q.blockSize * hd)
-        for b in 0..<q.batch { for l in 0..<q.layers {
-            // The fp16 inputs the block was quantized from, [H][n][hd].
+        for b in 0..<q.batch { for l in 0..<q.layers where q.pair(l) == nil {
+            // The fp16 inputs the block was quantized from, [H][n][hd] (merged layers: see testMiniCacheMergeRestore).
             var k16 = [Float](repeating: 0, count: H * n * hd), v16 = k16
             for h in 0..<H { for t in 0..<n { for d in 0..<hd {
                 k16[(h * n + t) * hd + d] = Float(Float16(K[idx(b, l, h, blk.start + t) + d]))

@@ -41,6 +41,8 @@ public struct KVCacheOptions: Sendable {
     /// longer attended. nil = off.
     public var zipvlTau: Double? = nil
     public static let defaultZipvlTau = 0.975
+    /// MiniCache (`--kv-merge minicache`): adjacent layers share merged K/V from half depth on.
+    public var miniCache = false
     public init() {}
 }
 

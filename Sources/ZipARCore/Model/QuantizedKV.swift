@@ -58,6 +58,10 @@ final class QuantizedKV: KVStorage {
     let zipvlTau: Double?
     /// Attention scores are tracked (ZipCache or ZipVL).
     let scored: Bool
+    /// MiniCache: first merged layer (half depth), nil = off.
+    let mergeFrom: Int?
+    /// MiniCache data of each merged (b, first layer of the pair, block).
+    private(set) var merged: [MergedBlock?]
     let options: KVCacheOptions
     let blocks: [Block]
 
@@ -106,6 +110,7 @@ final class QuantizedKV: KVStorage {
         zip = kind == .zipcache
         zipvlTau = options.zipvlTau
         scored = zip || zipvlTau != nil
+        mergeFrom = options.miniCache && layers >= 2 ? layers / 2 : nil
         var list: [Block] = []
         var start = 0
         while start < slots {
@@ -114,6 +119,7 @@ final class QuantizedKV: KVStorage {
         }
         blocks = list
         sealed = Array(repeating: Sealed(), count: batch * layers * list.count)
+        merged = Array(repeating: nil, count: batch * layers * list.count)
         let heads = batch * layers * kvHeads
         identity = .allocate(capacity: blockSize)
         for i in 0..<blockSize { identity[i] = UInt16(i) }
@@ -169,6 +175,13 @@ final class QuantizedKV: KVStorage {
 
     /// The sealed storage of (b, layer, block k).
     func sealedBlock(_ b: Int, _ layer: Int, _ k: Int) -> Sealed { sealed[(b * layers + layer) * blocks.count + k] }
+
+    /// MiniCache pairing: (first layer of the pair, whether `layer` is the second), nil when unmerged.
+    func pair(_ layer: Int) -> (first: Int, second: Bool)? {
+        guard let m = mergeFrom, layer >= m else { return nil }
+        let first = layer - (layer - m) % 2
+        return first + 1 < layers ? (first, layer != first) : nil
+    }
 
     // MARK: sizes
 
@@ -237,12 +250,14 @@ final class QuantizedKV: KVStorage {
         let rk = recentK + hi * cap * hd, rv = recentV + hi * cap * hd
         let nRecent = max(0, n - recentStart)
         // Scores: sealed blocks one at a time through the scratch buffer, then the fp16 recent slots.
+        let pr = pair(layer), storedLayer = pr?.first ?? layer
         for k in 0..<sealedBlocks {
             let blk = blocks[k]
             guard blk.start < n else { break }
             let len = min(blk.count, n - blk.start)
-            let sb = sealedBlock(b, layer, k)
+            let sb = sealedBlock(b, storedLayer, k)
             dequantKeys(sb, head, into: buf)
+            if let pr, let m = merged[(b * layers + pr.first) * blocks.count + k] { m.restore(kv: 0, second: pr.second, head: head, rows: buf, len: len) }
             ck_gemm_rows(q, Int32(nq), Int32(hd), buf, 0, Int32(len), scores + blk.start, Int32(n))
             // ZipVL: evicted tokens are not attended (sparse attention).
             if sb.layout.evicted > 0, let ids = sb.ids {
@@ -266,7 +281,8 @@ final class QuantizedKV: KVStorage {
             let blk = blocks[k]
             guard blk.start < n else { break }
             let len = min(blk.count, n - blk.start)
-            dequantValues(sealedBlock(b, layer, k), head, into: buf)
+            dequantValues(sealedBlock(b, storedLayer, k), head, into: buf)
+            if let pr, let m = merged[(b * layers + pr.first) * blocks.count + k] { m.restore(kv: 1, second: pr.second, head: head, rows: buf, len: len) }
             // Evicted rows of the scratch hold stale values, but their probabilities are 0 (skipped).
             for i in 0..<nq { ck_weighted_rows_acc(scores + i * n + blk.start, buf, Int32(len), Int32(hd), out + i * hd) }
         }
@@ -322,13 +338,35 @@ final class QuantizedKV: KVStorage {
             let blk = blocks[sealedBlocks]
             guard blk.start + blk.count <= finalUpTo, blk.start + blk.count <= recentHigh else { break }
             precondition(blk.start == recentStart)
-            for b in 0..<batch { for l in 0..<layers { sealBlock(b, l, sealedBlocks) } }
+            for b in 0..<batch {
+                for l in 0..<layers {
+                    if let pr = pair(l) {
+                        if pr.second { continue }          // stored with the first layer of its pair
+                        mergePair(b, l, sealedBlocks)
+                    }
+                    sealBlock(b, l, sealedBlocks)
+                }
+            }
             compact(blk.count)
             sealedBlocks += 1
         }
     }
 
     @inline(__always) private static func half(_ x: Float) -> UInt16 { Float16(x).bitPattern }
+
+    /// MiniCache: replaces layer a's open rows of block k by the merged directions of (a, a+1).
+    private func mergePair(_ b: Int, _ a: Int, _ k: Int) {
+        let n = blocks[k].count, hd = headDim
+        var m = MergedBlock(count: n, heads: kvHeads, headDim: hd)
+        for kv in 0..<2 {
+            let buf = kv == 0 ? recentK : recentV
+            for h in 0..<kvHeads {
+                m.merge(kv: kv, head: h, a: buf + headIndex(b, a, h) * cap * hd, c: buf + headIndex(b, a + 1, h) * cap * hd)
+            }
+        }
+        merged[(b * layers + a) * blocks.count + k] = m
+        sealedBytes += m.bytes
+    }
 
     /// Token order of a block: the base cache's sets (ZipCache: salient ascending, then regular by
     /// ascending score), then the tokens ZipVL evicts.
@@ -472,7 +510,7 @@ final class QuantizedKV: KVStorage {
     }
 
     func reset() {
-        for i in sealed.indices { sealed[i].data?.deallocate(); sealed[i] = Sealed() }
+        for i in sealed.indices { sealed[i].data?.deallocate(); sealed[i] = Sealed(); merged[i] = nil }
         sealedBytes = 0
         recentK.update(repeating: 0, count: heads * cap * headDim)
         recentV.update(repeating: 0, count: heads * cap * headDim)
