@@ -21,6 +21,10 @@ struct BenchCommand: ParsableCommand {
     var kvCaches: String?
     @Flag(help: "Skip raster decoding (long grids): only the windows run; speed-ups are then against the first mode.")
     var noRaster = false
+    @Flag(help: "Only time single forward passes with each --kv-caches type over a cache filled to --kv-fill (interleaved, median), then stop.")
+    var kvPasses = false
+    @Option(help: "Fraction of the image slots written (and compressed) before the --kv-passes timing.")
+    var kvFill: Double = 0.9
     @Option(help: "Also run each window w > MIN with the adaptive window MIN..w.")
     var adaptiveWindow: Int?
     @Option(help: "CFG scale used for the runs (> 1 doubles the batch).")
@@ -43,6 +47,7 @@ struct BenchCommand: ParsableCommand {
         _ = try parseIntList(windows, flag: "--windows")
         guard ZipARPolicy(rawValue: policy) != nil, policy != "eol" else { throw ValidationError("--policy must be ideal or upstream") }
         if randomInit != nil && modelOptions.model != nil { throw ValidationError("give either --model or --random-init, not both") }
+        guard kvFill > 0, kvFill < 1 else { throw ValidationError("--kv-fill must be in (0, 1)") }
         try modelOptions.checkSparsity(try kvCaches.map { try parseKVCaches($0, flag: "--kv-caches") } ?? [modelOptions.kvPrecision])
         if try noRaster && parseIntList(windows, flag: "--windows").isEmpty { throw ValidationError("--no-raster needs --windows") }
         if let g = grid {
@@ -86,6 +91,8 @@ struct BenchCommand: ParsableCommand {
             print("zipar bench: \(name), \(String(format: "%.1fM", Double(gpt.parameterCount) / 1e6)) params, \(side)x\(side) grid, \(Parallel.threads) threads")
             print(String(format: "weights streamed per pass %.0f MB (fp32); measured read bandwidth %.1f GB/s -> limit %.1f ms/pass", weightsMB, bandwidth, limitMs))
         }
+
+        if kvPasses { return try runKVPasses(gpt: gpt, schedules: schedules) }
 
         // 1. Forward-pass cost by number of rows, against the weight-streaming limit.
         if !noPasses {
@@ -189,6 +196,36 @@ struct BenchCommand: ParsableCommand {
         if json {
             let data = try JSONSerialization.data(withJSONObject: report, options: [.prettyPrinted, .sortedKeys])
             print(String(decoding: data, as: UTF8.self))
+        }
+    }
+
+    /// One decode pass per KV cache type over a cache filled to --kv-fill: 1 input and the widest
+    /// window pass, CFG batch. The types alternate rep by rep so machine noise hits them alike.
+    func runKVPasses(gpt: GPT, schedules: [Schedule]) throws {
+        let caches = try kvCaches.map { try parseKVCaches($0, flag: "--kv-caches") } ?? [modelOptions.kvPrecision]
+        let cfg = cfgScale > 1, wide = schedules.map { $0.maxTokensPerStep }.max() ?? 1
+        let widths = wide > 1 ? [1, wide] : [1]
+        var ms = [[[Double]]](repeating: [[Double]](repeating: [], count: widths.count), count: caches.count)
+        for _ in 0..<max(3, runs) {
+            for (i, kv) in caches.enumerated() {
+                for (w, inputs) in widths.enumerated() {
+                    ms[i][w].append(Measure.forwardPass(gpt: gpt, inputs: inputs, cfg: cfg, filled: kvFill, runs: 5,
+                                                        kvPrecision: kv, kvOptions: modelOptions.kvOptions) * 1e3)
+                }
+            }
+        }
+        let slots = gpt.config.cls_token_num + Int(Double(gpt.config.block_size) * kvFill)
+        print(String(format: "\nOne decode pass over %d written slots (fill %.2f), CFG %@, median of %d alternating reps of 5 passes", slots, kvFill,
+                     cfg ? "on" : "off", max(3, runs)))
+        print("\n| KV cache |" + widths.map { " ms/pass (\($0) input\($0 > 1 ? "s" : "")) | vs fp32 |" }.joined() + "\n|---|" + widths.map { _ in "---|---|" }.joined())
+        let fp32 = caches.firstIndex(of: .fp32)
+        for (i, kv) in caches.enumerated() {
+            var line = "| \(modelOptions.kvName(kv)) |"
+            for w in widths.indices {
+                let t = Measure.median(ms[i][w])
+                line += String(format: " %.1f |", t) + (fp32.map { String(format: " %.2fx |", Measure.median(ms[$0][w]) / t) } ?? " - |")
+            }
+            print(line)
         }
     }
 
