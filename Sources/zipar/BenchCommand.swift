@@ -123,6 +123,8 @@ struct BenchCommand: ParsableCommand {
             modeList += schedules.map { ($0, nil, kv) }
             if let a = adaptiveWindow { modeList += schedules.filter { $0.window < side && $0.window > a }.map { ($0, a, kv) } }
         }
+        // Peak resident memory of the image phase only (the bandwidth probe above touched 512 MB).
+        let hwmReset = resetPeakRSS()
         let generators = try modeList.map { try Generator(gpt: gpt, schedule: $0.schedule, kvPrecision: $0.kv, kvOptions: modelOptions.kvOptions) }
         // Class 0 for c2i models; for t2i the model's own empty-caption features (all rows valid).
         let condition: Condition = gpt.config.isT2I
@@ -166,12 +168,19 @@ struct BenchCommand: ParsableCommand {
             if let kept = cache.keptRatioPerLayer { row["zipvl_kept_per_layer"] = kept; zipvlLines.append((mode, s.window, m.kv, kept)) }
             modes.append(row)
             if !json {
-                print(String(format: "| %@ | %d | %@ | %.1f | %.2fx | %.2f | %.2f | %@ | %.0f | %.2f | %.2f | %.1f | %.2fx | %.2fx | %.2f |", mode, s.window,
-                             modelOptions.kvName(m.kv), kvMB, ratio, bits, t, vsFP32.map { String(format: "%.2fx", $0) } ?? "-", p, tokensPerPass, inPasses,
+                print(String(format: "| %@ | %d | %@ | %.1f | %.2fx | %@ | %.2f | %@ | %.0f | %.2f | %.2f | %.1f | %.2fx | %.2fx | %.2f |", mode, s.window,
+                             modelOptions.kvName(m.kv), kvMB, ratio, bits > 0 ? String(format: "%.2f", bits) : "-", t, vsFP32.map { String(format: "%.2fx", $0) } ?? "-", p, tokensPerPass, inPasses,
                              inPasses / p * 1e3, speed, saving, speed / saving))
             }
         }
         report["images"] = modes
+        if hwmReset, let peak = peakRSSMegabytes() {
+            report["peak_rss_mb_images"] = peak
+            if !json {
+                print(String(format: "\npeak resident memory while generating: %.0f MB (weights %.0f MB fp32, every KV cache above, buffers)", peak,
+                             Double(gpt.parameterCount) * 4 / 1e6))
+            }
+        }
         if !json && !zipvlLines.isEmpty {
             print(String(format: "\nZipVL (tau %.3f): fraction of tokens kept per layer", modelOptions.zipvlTau))
             for l in zipvlLines {
@@ -242,4 +251,20 @@ struct BenchCommand: ParsableCommand {
             print(String(format: "| %d | %.1f | %.1f | %.1f | %.2f | %.2f |", r.rows, r.kernel, r.sgemm, r.sgemv, r.kernel / limit, r.sgemm / r.kernel))
         }
     }
+}
+
+/// Resets the kernel's peak-RSS mark of this process (Linux /proc/self/clear_refs "5").
+func resetPeakRSS() -> Bool {
+    guard let f = FileHandle(forWritingAtPath: "/proc/self/clear_refs") else { return false }
+    defer { try? f.close() }
+    do { try f.write(contentsOf: Data("5".utf8)) } catch { return false }
+    return true
+}
+
+/// VmHWM of this process in MB (peak resident memory since start or the last reset).
+func peakRSSMegabytes() -> Double? {
+    guard let text = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+          let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
+          let kb = Double(line.split(separator: " ").dropFirst().first { !$0.isEmpty }.map(String.init) ?? "") else { return nil }
+    return kb / 1024 * 1.048576
 }
