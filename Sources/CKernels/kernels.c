@@ -618,3 +618,144 @@ void ck_f32_to_f16(const float *src, uint16_t *dst, int n) {
 #endif
     for (int i = 0; i < n; i++) dst[i] = float_to_half(src[i]);
 }
+
+/* ------------------------------------------------------------------ compressed KV cache */
+/* The quantized caches keep codes packed along the channel axis of one row, planar like the
+   official ZipCache packing: 4-bit byte j = c[j] | c[j + d/2] << 4; 2-bit byte j = c[j] |
+   c[j + d/4] << 2 | c[j + d/2] << 4 | c[j + 3d/4] << 6; 8-bit one code per byte. Attention never
+   rebuilds the cache: one block of one head is dequantized into a small scratch buffer, used for
+   the scores (or the values) of every query of the group, and overwritten by the next block. */
+
+static void unpack_codes(const uint8_t *src, int bits, int d, float *dst) {
+    if (bits == 8) { for (int j = 0; j < d; j++) dst[j] = (float)src[j]; return; }
+    if (bits == 4) {
+        int h = d / 2;
+        for (int j = 0; j < h; j++) { dst[j] = (float)(src[j] & 15); dst[j + h] = (float)(src[j] >> 4); }
+        return;
+    }
+    int q = d / 4;
+    for (int j = 0; j < q; j++) {
+        uint8_t b = src[j];
+        dst[j] = (float)(b & 3); dst[j + q] = (float)((b >> 2) & 3);
+        dst[j + 2 * q] = (float)((b >> 4) & 3); dst[j + 3 * q] = (float)(b >> 6);
+    }
+}
+
+#ifdef CK_X86
+/* Codes of channels c..c+7 as floats. They lie in one plane when d/4 (2-bit) or d/2 (4-bit) is a
+   multiple of 8, which callers check (head_dim 64 or 128; head_dim 100 takes the portable path). */
+CK_AVX2 static inline __m256 codes8_avx2(const uint8_t *src, int bits, int d, int c) {
+    int plane = 0, width = d, mask = 255;
+    if (bits == 4) { width = d / 2; mask = 15; }
+    else if (bits == 2) { width = d / 4; mask = 3; }
+    if (bits != 8) plane = c / width;
+    __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(src + c - plane * width)));
+    v = _mm256_and_si256(_mm256_srl_epi32(v, _mm_cvtsi32_si128(plane * bits)), _mm256_set1_epi32(mask));
+    return _mm256_cvtepi32_ps(v);
+}
+
+/* Same arithmetic as the portable loops (multiply, then add: no FMA, so both paths agree). */
+CK_AVX2 static void dequant_channel_avx2(const uint8_t *codes, int bits, int rows, int d, const float *s, const float *m,
+                                         const uint16_t *ids, float *out) {
+    size_t rb = (size_t)bits * (size_t)d / 8;
+    for (int r = 0; r < rows; r++) {
+        float *o = out + (size_t)(ids ? ids[r] : r) * d;
+        const uint8_t *src = codes + r * rb;
+        for (int c = 0; c < d; c += 8)
+            _mm256_storeu_ps(o + c, _mm256_add_ps(_mm256_mul_ps(codes8_avx2(src, bits, d, c), _mm256_loadu_ps(s + c)), _mm256_loadu_ps(m + c)));
+    }
+}
+
+CK_AVX2 static void dequant_token_avx2(const uint8_t *codes, int bits, int rows, int d, int group, const uint16_t *params,
+                                       int paramStride, const float *cs, const uint16_t *ids, float *out) {
+    int groups = d / group;
+    size_t rb = (size_t)bits * (size_t)d / 8;
+    for (int r = 0; r < rows; r++) {
+        float *o = out + (size_t)(ids ? ids[r] : r) * d;
+        const uint8_t *src = codes + r * rb;
+        const uint16_t *p = params + (size_t)r * paramStride;
+        for (int g = 0; g < groups; g++) {
+            __m256 mn = _mm256_set1_ps(half_to_float(p[g])), st = _mm256_set1_ps(half_to_float(p[groups + g]));
+            for (int c = g * group; c < (g + 1) * group; c += 8) {
+                __m256 x = _mm256_add_ps(_mm256_mul_ps(codes8_avx2(src, bits, d, c), st), mn);
+                if (cs) x = _mm256_mul_ps(x, _mm256_loadu_ps(cs + c));
+                _mm256_storeu_ps(o + c, x);
+            }
+        }
+    }
+}
+#endif
+
+static int simd_layout_ok(int bits, int d, int group) {
+    return d % 32 == 0 && group % 8 == 0 && (bits == 2 || bits == 4 || bits == 8);
+}
+
+void ck_kv_dequant_channel(const uint8_t *codes, int bits, int rows, int d, const uint16_t *mn, const uint16_t *st,
+                           const uint16_t *ids, float *out) {
+    float m[512], s[512];
+    for (int c = 0; c < d; c++) { m[c] = half_to_float(mn[c]); s[c] = half_to_float(st[c]); }
+#ifdef CK_X86
+    if (ck_has_avx2_fma() && simd_layout_ok(bits, d, 8)) { dequant_channel_avx2(codes, bits, rows, d, s, m, ids, out); return; }
+#endif
+    size_t rb = (size_t)bits * (size_t)d / 8;
+    for (int r = 0; r < rows; r++) {
+        float *o = out + (size_t)(ids ? ids[r] : r) * d;
+        unpack_codes(codes + r * rb, bits, d, o);
+        for (int c = 0; c < d; c++) o[c] = o[c] * s[c] + m[c];
+    }
+}
+
+void ck_kv_dequant_token(const uint8_t *codes, int bits, int rows, int d, int group, const uint16_t *params,
+                         int paramStride, const uint16_t *chanScale, const uint16_t *ids, float *out) {
+    float cs[512];
+    if (chanScale) for (int c = 0; c < d; c++) cs[c] = half_to_float(chanScale[c]);
+#ifdef CK_X86
+    if (ck_has_avx2_fma() && simd_layout_ok(bits, d, group)) {
+        dequant_token_avx2(codes, bits, rows, d, group, params, paramStride, chanScale ? cs : NULL, ids, out);
+        return;
+    }
+#endif
+    int groups = d / group;
+    size_t rb = (size_t)bits * (size_t)d / 8;
+    for (int r = 0; r < rows; r++) {
+        float *o = out + (size_t)(ids ? ids[r] : r) * d;
+        const uint16_t *p = params + (size_t)r * paramStride;
+        unpack_codes(codes + r * rb, bits, d, o);
+        for (int g = 0; g < groups; g++) {
+            float mn = half_to_float(p[g]), st = half_to_float(p[groups + g]);
+            for (int c = g * group; c < (g + 1) * group; c++) o[c] = o[c] * st + mn;
+        }
+        if (chanScale) for (int c = 0; c < d; c++) o[c] *= cs[c];
+    }
+}
+
+void ck_softmax_rows(const uint8_t *masks, const int *maskOffsets, int nq, int n, float scale, float *scores) {
+    for (int i = 0; i < nq; i++) {
+        float *s = scores + (size_t)i * n, mx = -INFINITY, sum = 0;
+        const uint8_t *m = masks + maskOffsets[i];
+        for (int j = 0; j < n; j++) {
+            s[j] = m[j] ? s[j] * scale : -INFINITY;
+            if (s[j] > mx) mx = s[j];
+        }
+        if (mx == -INFINITY) { memset(s, 0, sizeof(float) * (size_t)n); continue; }
+        for (int j = 0; j < n; j++) { float e = s[j] == -INFINITY ? 0.0f : expf(s[j] - mx); s[j] = e; sum += e; }
+        float inv = 1.0f / sum;
+        for (int j = 0; j < n; j++) s[j] *= inv;
+    }
+}
+
+void ck_weighted_rows_acc(const float *p, const float *v, int n, int d, float *out) {
+    float tmp[512];
+    weighted_rows(p, v, n, d, tmp);
+    for (int c = 0; c < d; c++) out[c] += tmp[c];
+}
+
+void ck_weighted_rows_acc_f16(const float *p, const uint16_t *v, int n, int d, float *out) {
+    float tmp[512];
+    weighted_rows_f16(p, v, n, d, tmp);
+    for (int c = 0; c < d; c++) out[c] += tmp[c];
+}
+
+void ck_f16_to_f32(const uint16_t *src, float *dst, int n) {
+    for (int i = 0; i < n; i++) dst[i] = half_to_float(src[i]);
+}

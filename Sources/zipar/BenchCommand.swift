@@ -17,8 +17,14 @@ struct BenchCommand: ParsableCommand {
     var windows: String = "8"
     @Option(help: "ZipAR policy for the windows: ideal or upstream.")
     var policy: String = "ideal"
-    @Option(help: "KV cache types to compare, e.g. fp32,fp16 (every mode runs with each). Default: --kv-cache.")
+    @Option(help: "KV cache types to compare, e.g. fp32,fp16,int8,kivi2,kivi4,zipcache (every mode runs with each). Default: --kv-cache.")
     var kvCaches: String?
+    @Flag(help: "Skip raster decoding (long grids): only the windows run; speed-ups are then against the first mode.")
+    var noRaster = false
+    @Flag(help: "Only time single forward passes with each --kv-caches type over a cache filled to --kv-fill (interleaved, median), then stop.")
+    var kvPasses = false
+    @Option(help: "Fraction of the image slots written (and compressed) before the --kv-passes timing.")
+    var kvFill: Double = 0.9
     @Option(help: "Also run each window w > MIN with the adaptive window MIN..w.")
     var adaptiveWindow: Int?
     @Option(help: "CFG scale used for the runs (> 1 doubles the batch).")
@@ -47,11 +53,9 @@ struct BenchCommand: ParsableCommand {
         if let s = schemes { _ = try parseSchemes(s) }
         guard calib >= 1, calib <= 64 else { throw ValidationError("--calib must be between 1 and 64") }
         if randomInit != nil && modelOptions.model != nil { throw ValidationError("give either --model or --random-init, not both") }
-        if let k = kvCaches {
-            for name in k.split(separator: ",") where KVPrecision(rawValue: String(name)) == nil {
-                throw ValidationError("--kv-caches takes fp32 and/or fp16, got '\(name)'")
-            }
-        }
+        guard kvFill > 0, kvFill < 1 else { throw ValidationError("--kv-fill must be in (0, 1)") }
+        try modelOptions.checkSparsity(try kvCaches.map { try parseKVCaches($0, flag: "--kv-caches") } ?? [modelOptions.kvPrecision])
+        if try noRaster && parseIntList(windows, flag: "--windows").isEmpty { throw ValidationError("--no-raster needs --windows") }
         if let g = grid {
             do { let (h, w) = try ScheduleCommand.parseGrid(g); guard h == w else { throw ZipARError("--grid must be square (LlamaGen grids are)") } }
             catch let e as ZipARError { throw ValidationError(e.message) }
@@ -104,7 +108,8 @@ struct BenchCommand: ParsableCommand {
         let side = gpt.config.gridSize
         let p = ZipARPolicy(rawValue: policy)!
         let windowList = try parseIntList(windows, flag: "--windows").filter { $0 < side }
-        let schedules = [try Schedule.make(height: side, width: side, window: side)] +
+        if noRaster && windowList.isEmpty { throw ZipARError("--no-raster: no window is narrower than the grid width \(side)") }
+        let schedules = (noRaster ? [] : [try Schedule.make(height: side, width: side, window: side)]) +
             (try windowList.map { try Schedule.make(height: side, width: side, window: $0, policy: p) })
         var report: [String: Any] = ["model": name, "grid": [side, side], "threads": Parallel.threads, "cfg_scale": Double(cfgScale)]
         let weightsMB = Double(gpt.streamedBytesPerPass) / 1e6
@@ -119,6 +124,8 @@ struct BenchCommand: ParsableCommand {
                 print(String(format: "weights streamed per pass %.1f MB (%@); measured read bandwidth %.1f GB/s -> limit %.1f ms/pass", mb, m.label, bandwidth, mb / bandwidth))
             }
         }
+
+        if kvPasses { return try runKVPasses(gpt: gpt, schedules: schedules) }
 
         // 1. Forward-pass cost by number of rows, against the weight-streaming limit (of each scheme).
         if !noPasses {
@@ -161,15 +168,17 @@ struct BenchCommand: ParsableCommand {
         options.sampling.cfgScale = cfgScale
         options.sampling.topK = min(2000, gpt.config.vocab_size)
         // Modes: raster, each window, and each window with the adaptive minimum (if asked).
-        let caches = kvCaches.map { $0.split(separator: ",").compactMap { KVPrecision(rawValue: String($0)) } } ?? [modelOptions.kvPrecision]
-        var modeList: [(schedule: Schedule, adaptive: Int?, kv: KVPrecision, model: Int)] = []
+        let caches = try kvCaches.map { try parseKVCaches($0, flag: "--kv-caches") } ?? [modelOptions.kvPrecision]
+        var modeList: [(schedule: Schedule, adaptive: Int?, kv: KVCacheKind, model: Int)] = []
         for mi in models.indices {
             for kv in caches {
                 modeList += schedules.map { ($0, nil, kv, mi) }
-                if let a = adaptiveWindow { modeList += schedules.dropFirst().filter { $0.window > a }.map { ($0, a, kv, mi) } }
+                if let a = adaptiveWindow { modeList += schedules.filter { $0.window < side && $0.window > a }.map { ($0, a, kv, mi) } }
             }
         }
-        let generators = try modeList.map { try Generator(gpt: models[$0.model].gpt, schedule: $0.schedule, kvPrecision: $0.kv) }
+        // Peak resident memory of the image phase only (the bandwidth probe above touched 512 MB).
+        let hwmReset = resetPeakRSS()
+        let generators = try modeList.map { try Generator(gpt: models[$0.model].gpt, schedule: $0.schedule, kvPrecision: $0.kv, kvOptions: modelOptions.kvOptions) }
         // Class 0 for c2i models; for t2i the model's own empty-caption features (all rows valid).
         let condition: Condition = gpt.config.isT2I
             ? .caption(features: gpt.uncond_embedding!, mask: Array(repeating: true, count: gpt.config.cls_token_num))
@@ -187,9 +196,11 @@ struct BenchCommand: ParsableCommand {
         // Speed-ups are against raster of the first scheme, so they combine ZipAR and the weights.
         let rasterTime = Measure.median(times[0])
         var modes: [[String: Any]] = []
+        var zipvlLines: [(mode: String, window: Int, kv: KVCacheKind, kept: [Double])] = []
         if !json {
-            print("\n|" + (multi ? " weights |" : "") + " decoding | window | KV cache | KV MB | passes | tokens/pass | s/image | in passes | ms/pass | speed-up | pass saving | speed-up / saving |\n|" +
-                  (multi ? "---|" : "") + "---|---|---|---|---|---|---|---|---|---|---|---|")
+            if noRaster { print("\n(--no-raster: speed-up and pass saving are against the first row)") }
+            print("\n|" + (multi ? " weights |" : "") + " decoding | window | KV cache | KV MB | x smaller than fp16 | bits/value | s/image | vs fp32 cache | passes | tokens/pass | in passes | ms/pass | speed-up | pass saving | speed-up / saving |\n|" +
+                  (multi ? "---|" : "") + "---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         }
         for (i, m) in modeList.enumerated() {
             let s = m.schedule
@@ -198,16 +209,41 @@ struct BenchCommand: ParsableCommand {
             let mode = s.window >= s.width ? "raster" : m.adaptive.map { "zipar adaptive \($0)-" } ?? "zipar \(s.policy.rawValue)"
             let tokensPerPass = Double(s.height * s.width) / p
             let inPasses = Measure.median(forwardTimes[i])
-            let kvMB = Double(generators[i].cacheBytes(cfg: cfgScale > 1)) / 1e6
-            modes.append(["scheme": models[m.model].label, "decoding": mode, "window": s.window, "kv_cache": m.kv.rawValue, "kv_mb": kvMB, "passes": p,
-                          "tokens_per_pass": tokensPerPass, "seconds_per_image": t, "seconds_in_passes": inPasses, "ms_per_pass": inPasses / p * 1e3,
-                          "speedup": speed, "pass_saving": saving, "efficiency": speed / saving])
+            // KV bytes: the largest the cache held during the images (compressed blocks + recent buffer).
+            let cache = generators[i].cache(cfg: cfgScale > 1)
+            let kvMB = Double(cache.peakBytes) / 1e6, ratio = Double(cache.fp16Bytes) / Double(cache.peakBytes)
+            let bits = cache.formatBitsPerValue
+            // The same schedule with the fp32 cache, if it ran: > 1 means this cache decodes faster.
+            let fp32 = modeList.indices.first { modeList[$0].kv == .fp32 && modeList[$0].schedule == s && modeList[$0].adaptive == m.adaptive && modeList[$0].model == m.model }
+            let vsFP32 = fp32.map { Measure.median(times[$0]) / t }
+            var row: [String: Any] = ["scheme": models[m.model].label, "decoding": mode, "window": s.window, "kv_cache": modelOptions.kvName(m.kv), "kv_mb": kvMB, "x_smaller_than_fp16": ratio,
+                                      "bits_per_value": bits, "passes": p, "tokens_per_pass": tokensPerPass,
+                                      "seconds_per_image": t, "seconds_in_passes": inPasses, "ms_per_pass": inPasses / p * 1e3,
+                                      "speedup": speed, "pass_saving": saving, "efficiency": speed / saving]
+            if let vsFP32 { row["speed_vs_fp32_cache"] = vsFP32 }
+            if let kept = cache.keptRatioPerLayer { row["zipvl_kept_per_layer"] = kept; zipvlLines.append((mode, s.window, m.kv, kept)) }
+            modes.append(row)
             if !json {
-                print("|" + (multi ? " \(models[m.model].label) |" : "") + String(format: " %@ | %d | %@ | %.1f | %.0f | %.2f | %.2f | %.2f | %.1f | %.2fx | %.2fx | %.2f |", mode, s.window,
-                             m.kv.rawValue, kvMB, p, tokensPerPass, t, inPasses, inPasses / p * 1e3, speed, saving, speed / saving))
+                print("|" + (multi ? " \(models[m.model].label) |" : "") + String(format: " %@ | %d | %@ | %.1f | %.2fx | %@ | %.2f | %@ | %.0f | %.2f | %.2f | %.1f | %.2fx | %.2fx | %.2f |", mode, s.window,
+                             modelOptions.kvName(m.kv), kvMB, ratio, bits > 0 ? String(format: "%.2f", bits) : "-", t, vsFP32.map { String(format: "%.2fx", $0) } ?? "-", p, tokensPerPass, inPasses,
+                             inPasses / p * 1e3, speed, saving, speed / saving))
             }
         }
         report["images"] = modes
+        if hwmReset, let peak = peakRSSMegabytes() {
+            report["peak_rss_mb_images"] = peak
+            if !json {
+                print(String(format: "\npeak resident memory while generating: %.0f MB (weights %.0f MB fp32, every KV cache above, buffers)", peak,
+                             Double(gpt.parameterCount) * 4 / 1e6))
+            }
+        }
+        if !json && !zipvlLines.isEmpty {
+            print(String(format: "\nZipVL (tau %.3f): fraction of tokens kept per layer", modelOptions.zipvlTau))
+            for l in zipvlLines {
+                print("  \(l.mode) window \(l.window) \(l.kv.rawValue): " + l.kept.map { String(format: "%.2f", $0) }.joined(separator: " "))
+            }
+        }
+
         // 3. The VQ decoder for one image of this grid.
         if let vq {
             let codes = (0..<(side * side)).map { ($0 * 7919) % vq.config.codebook_size }
@@ -225,6 +261,36 @@ struct BenchCommand: ParsableCommand {
         if json {
             let data = try JSONSerialization.data(withJSONObject: report, options: [.prettyPrinted, .sortedKeys])
             print(String(decoding: data, as: UTF8.self))
+        }
+    }
+
+    /// One decode pass per KV cache type over a cache filled to --kv-fill: 1 input and the widest
+    /// window pass, CFG batch. The types alternate rep by rep so machine noise hits them alike.
+    func runKVPasses(gpt: GPT, schedules: [Schedule]) throws {
+        let caches = try kvCaches.map { try parseKVCaches($0, flag: "--kv-caches") } ?? [modelOptions.kvPrecision]
+        let cfg = cfgScale > 1, wide = schedules.map { $0.maxTokensPerStep }.max() ?? 1
+        let widths = wide > 1 ? [1, wide] : [1]
+        var ms = [[[Double]]](repeating: [[Double]](repeating: [], count: widths.count), count: caches.count)
+        for _ in 0..<max(3, runs) {
+            for (i, kv) in caches.enumerated() {
+                for (w, inputs) in widths.enumerated() {
+                    ms[i][w].append(Measure.forwardPass(gpt: gpt, inputs: inputs, cfg: cfg, filled: kvFill, runs: 5,
+                                                        kvPrecision: kv, kvOptions: modelOptions.kvOptions) * 1e3)
+                }
+            }
+        }
+        let slots = gpt.config.cls_token_num + Int(Double(gpt.config.block_size) * kvFill)
+        print(String(format: "\nOne decode pass over %d written slots (fill %.2f), CFG %@, median of %d alternating reps of 5 passes", slots, kvFill,
+                     cfg ? "on" : "off", max(3, runs)))
+        print("\n| KV cache |" + widths.map { " ms/pass (\($0) input\($0 > 1 ? "s" : "")) | vs fp32 |" }.joined() + "\n|---|" + widths.map { _ in "---|---|" }.joined())
+        let fp32 = caches.firstIndex(of: .fp32)
+        for (i, kv) in caches.enumerated() {
+            var line = "| \(modelOptions.kvName(kv)) |"
+            for w in widths.indices {
+                let t = Measure.median(ms[i][w])
+                line += String(format: " %.1f |", t) + (fp32.map { String(format: " %.2fx |", Measure.median(ms[$0][w]) / t) } ?? " - |")
+            }
+            print(line)
         }
     }
 
@@ -269,4 +335,20 @@ func parseSchemes(_ text: String) throws -> [WeightScheme] {
         guard let s = WeightScheme(rawValue: p) else { throw ValidationError("unknown weight scheme '\(p)': choose fp32, w8a8 or w4a8-dgq") }
         return s
     }
+}
+
+/// Resets the kernel's peak-RSS mark of this process (Linux /proc/self/clear_refs "5").
+func resetPeakRSS() -> Bool {
+    guard let f = FileHandle(forWritingAtPath: "/proc/self/clear_refs") else { return false }
+    defer { try? f.close() }
+    do { try f.write(contentsOf: Data("5".utf8)) } catch { return false }
+    return true
+}
+
+/// VmHWM of this process in MB (peak resident memory since start or the last reset).
+func peakRSSMegabytes() -> Double? {
+    guard let text = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+          let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
+          let kb = Double(line.split(separator: " ").dropFirst().first { !$0.isEmpty }.map(String.init) ?? "") else { return nil }
+    return kb / 1024 * 1.048576
 }

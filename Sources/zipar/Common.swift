@@ -12,15 +12,60 @@ struct ModelOptions: ParsableArguments {
     @Option(help: "Worker threads for the kernels and OpenBLAS (default: all cores).")
     var threads: Int?
 
-    @Option(help: "KV cache storage: fp32 (default) or fp16 (half the memory and attention reads).")
+    @Option(help: "KV cache storage: fp32 (default), fp16, int8, kivi2, kivi4 or zipcache (see README, KV cache compression).")
     var kvCache: String = "fp32"
+
+    @Option(help: "ZipCache saliency: exact (every query's attention, default) or probe (every 10th query, the official approximation).")
+    var zipcacheScore: String = "exact"
+
+    @Option(help: "ZipCache block: slots quantized together once final (each block has its own key parameters per channel; larger = fewer parameter bits, a larger fp16 recent buffer).")
+    var zipcacheBlock: Int = KVCacheOptions().zipBlock
+
+    @Option(help: "KV token sparsity: zipvl (per layer and sealed block, keep the fewest tokens covering --zipvl-tau of the normalised attention, evict the rest; needs a quantized cache).")
+    var kvSparsity: String?
+
+    @Option(help: "KV cross-layer merging: minicache (from half depth, adjacent layers share SLERP-merged K/V; needs a quantized cache).")
+    var kvMerge: String?
+
+    @Option(help: "ZipVL attention coverage tau in (0, 1].")
+    var zipvlTau: Double = KVCacheOptions.defaultZipvlTau
 
     func validate() throws {
         if let t = threads, t < 1 || t > 256 { throw ValidationError("--threads must be between 1 and 256") }
-        guard KVPrecision(rawValue: kvCache) != nil else { throw ValidationError("--kv-cache must be fp32 or fp16") }
+        _ = try parseKVCaches(kvCache, flag: "--kv-cache")
+        if let s = kvSparsity, s != "zipvl" { throw ValidationError("--kv-sparsity takes zipvl, got '\(s)'") }
+        if let m = kvMerge, m != "minicache" { throw ValidationError("--kv-merge takes minicache, got '\(m)'") }
+        guard zipvlTau > 0, zipvlTau <= 1 else { throw ValidationError("--zipvl-tau must be in (0, 1]") }
+        guard zipcacheBlock >= 8, zipcacheBlock <= 4096 else { throw ValidationError("--zipcache-block must be between 8 and 4096") }
+        guard ZipCacheScore(rawValue: zipcacheScore) != nil else { throw ValidationError("--zipcache-score must be exact or probe") }
     }
 
-    var kvPrecision: KVPrecision { KVPrecision(rawValue: kvCache) ?? .fp32 }
+    var kvPrecision: KVCacheKind { KVCacheKind(rawValue: kvCache) ?? .fp32 }
+
+    /// ZipVL evicts tokens from sealed blocks, which only the quantized caches have. With a list
+    /// (bench, eval) it applies to the quantized caches, the others are the reference.
+    func checkSparsity(_ kinds: [KVCacheKind]) throws {
+        for (flag, on) in [("--kv-sparsity zipvl", kvSparsity != nil), ("--kv-merge minicache", kvMerge != nil)] where on {
+            guard kinds.contains(where: { $0.isQuantized }) else {
+                throw ValidationError("\(flag) needs a quantized cache (int8, kivi2, kivi4, zipcache), not \(kinds.map(\.rawValue).joined(separator: ","))")
+            }
+        }
+    }
+
+    /// The name of a cache kind as run (with "+minicache", "+zipvl" where they apply).
+    func kvName(_ kind: KVCacheKind) -> String {
+        guard kind.isQuantized else { return kind.rawValue }
+        return kind.rawValue + (kvMerge != nil ? "+minicache" : "") + (kvSparsity != nil ? "+zipvl" : "")
+    }
+
+    var kvOptions: KVCacheOptions {
+        var o = KVCacheOptions()
+        o.zipScore = ZipCacheScore(rawValue: zipcacheScore) ?? .exact
+        o.zipBlock = zipcacheBlock
+        if kvSparsity == "zipvl" { o.zipvlTau = zipvlTau }
+        o.miniCache = kvMerge == "minicache"
+        return o
+    }
 
     func apply() {
         Parallel.threads = threads ?? ProcessInfo.processInfo.activeProcessorCount
@@ -115,6 +160,16 @@ func checkWritable(_ path: String) throws {
     if FileManager.default.fileExists(atPath: path, isDirectory: &isDirTarget), isDirTarget.boolValue {
         throw ZipARError("cannot write \(path): it is a directory")
     }
+}
+
+/// "fp32,zipcache" -> cache kinds, with a clear message for an unknown name.
+func parseKVCaches(_ text: String, flag: String) throws -> [KVCacheKind] {
+    let parts = text.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
+    let kinds = parts.compactMap { KVCacheKind(rawValue: $0) }
+    guard !parts.isEmpty, kinds.count == parts.count else {
+        throw ValidationError("\(flag) takes \(KVCacheKind.allCases.map(\.rawValue).joined(separator: ", "))\(flag.hasSuffix("s") ? " (comma-separated)" : ""), got '\(text)'")
+    }
+    return kinds
 }
 
 /// "a,b,c" -> [Int] with a clear message.

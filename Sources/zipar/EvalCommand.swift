@@ -21,6 +21,8 @@ struct EvalCommand: ParsableCommand {
     var ziparPolicy: String = "ideal"
     @Option(help: "Also run each window w > MIN with the adaptive window MIN..w (mode 'adaptive MIN-w').")
     var adaptiveWindow: Int?
+    @Option(help: "KV cache types to compare, e.g. fp32,zipcache,kivi2 (every decoding mode runs with each; fp32 is the reference). Default: --kv-cache.")
+    var kvCaches: String?
     @OptionGroup var samplingOptions: SamplingOptions
     @Flag(help: "Score the procedural renderer's images instead of a model (checks the analyser; needs no model).")
     var reference = false
@@ -42,6 +44,11 @@ struct EvalCommand: ParsableCommand {
             guard a >= 1 else { throw ValidationError("--adaptive-window must be >= 1") }
             guard p == .ideal else { throw ValidationError("--adaptive-window works with the ideal policy") }
         }
+        if let k = kvCaches {
+            _ = try parseKVCaches(k, flag: "--kv-caches")
+            guard !reference else { throw ValidationError("--kv-caches needs a model, not --reference") }
+        }
+        try modelOptions.checkSparsity(try kvCaches.map { try parseKVCaches($0, flag: "--kv-caches") } ?? [modelOptions.kvPrecision])
         if reference {
             guard modelOptions.model == nil else { throw ValidationError("give either --model or --reference, not both") }
             guard referenceSize >= 16, referenceSize <= 4096 else { throw ValidationError("--reference-size must be between 16 and 4096") }
@@ -54,6 +61,7 @@ struct EvalCommand: ParsableCommand {
         let slug: String          // for image file names
         let window: Int
         let adaptive: Int?
+        var kv: KVCacheKind = .fp32
         var generator: Generator?
         var score = EvalScore()
         var passes = 0, seconds = 0.0, decodeSeconds = 0.0
@@ -106,10 +114,22 @@ struct EvalCommand: ParsableCommand {
             if let a = adaptiveWindow {
                 for w in windowList where w > a { modes.append(Mode(name: "adaptive \(a)-\(w)", slug: "a\(a)-\(w)", window: w, adaptive: a)) }
             }
+            // Every decoding mode with every KV cache type (named "<mode> <cache>" when several are compared).
+            let caches = try kvCaches.map { try parseKVCaches($0, flag: "--kv-caches") } ?? [modelOptions.kvPrecision]
+            modes = caches.flatMap { kv in
+                modes.map { m -> Mode in
+                    guard caches.count > 1 else { var c = m; c.kv = kv; return c }
+                    let name = modelOptions.kvName(kv)
+                    var c = Mode(name: m.name + " " + name, slug: m.slug + "_" + name.replacingOccurrences(of: "+", with: "_"), window: m.window, adaptive: m.adaptive)
+                    c.kv = kv
+                    return c
+                }
+            }
+            header["kv_caches"] = caches.map { modelOptions.kvName($0) }
             let gpt = try dir.loadGPT(), vq = try dir.loadVQ()
             for i in modes.indices {
                 let schedule = try Schedule.make(height: side, width: side, window: modes[i].window, policy: policy)
-                modes[i].generator = try Generator(gpt: gpt, schedule: schedule, kvPrecision: modelOptions.kvPrecision)
+                modes[i].generator = try Generator(gpt: gpt, schedule: schedule, kvPrecision: modes[i].kv, kvOptions: modelOptions.kvOptions)
             }
             header["model"] = dir.name
             header["grid"] = [side, side]
@@ -163,6 +183,7 @@ struct EvalCommand: ParsableCommand {
                 for (k, v) in m.score.accuracies { acc[k] = v ?? NSNull() }
                 var d: [String: Any] = ["decoding": m.name, "accuracy": acc, "seconds_per_image": m.seconds / count]
                 if !reference {
+                    d["kv_cache"] = modelOptions.kvName(m.kv)
                     d["window"] = m.window
                     d["adaptive_min_window"] = m.adaptive ?? NSNull()
                     d["forward_passes_per_image"] = Double(m.passes) / count

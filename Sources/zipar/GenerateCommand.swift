@@ -29,6 +29,7 @@ struct GenerateCommand: ParsableCommand {
     var quiet = false
 
     func validate() throws {
+        try modelOptions.checkSparsity([modelOptions.kvPrecision])
         let given = [classLabel != nil, prompt != nil, captionEmbeddings != nil].filter { $0 }.count
         guard given == 1 else { throw ValidationError("give exactly one of --class, --prompt or --caption-embeddings") }
         guard count >= 1, count <= 10_000 else { throw ValidationError("--count must be between 1 and 10000") }
@@ -47,7 +48,7 @@ struct GenerateCommand: ParsableCommand {
         let schedule = try ziparOptions.schedule(grid: dir.gpt.gridSize)
         let gpt = try dir.loadGPT()
         let vq = try dir.loadVQ()
-        let generator = try Generator(gpt: gpt, schedule: schedule, kvPrecision: modelOptions.kvPrecision)
+        let generator = try Generator(gpt: gpt, schedule: schedule, kvPrecision: modelOptions.kvPrecision, kvOptions: modelOptions.kvOptions)
 
         var allTokens: [[Int]] = []
         for i in 0..<count {

@@ -25,6 +25,7 @@ struct GridCommand: ParsableCommand {
     var quiet = false
 
     func validate() throws {
+        try modelOptions.checkSparsity([modelOptions.kvPrecision])
         guard (prompts == nil) != (classes == nil) else { throw ValidationError("give exactly one of --prompts or --classes") }
         _ = try parseIntList(windows, flag: "--windows")
         let s = try parseIntList(seeds, flag: "--seeds")
@@ -68,7 +69,7 @@ struct GridCommand: ParsableCommand {
         var done = 0
         for w in windowList {
             let schedule = try Schedule.make(height: side, width: side, window: w, policy: policy)
-            let generator = try Generator(gpt: gpt, schedule: schedule, kvPrecision: modelOptions.kvPrecision)
+            let generator = try Generator(gpt: gpt, schedule: schedule, kvPrecision: modelOptions.kvPrecision, kvOptions: modelOptions.kvOptions)
             var row: [RGBImage] = [], rowParams: [String] = []
             for (condition, text) in conditions {
                 for seed in seedList {

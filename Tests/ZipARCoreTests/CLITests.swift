@@ -71,6 +71,14 @@ final class CLITests: XCTestCase {
             ["generate", "--model", model, "--class", "1", "--prompt", "a", "-o", out],
             ["generate", "--model", model, "--class", "1", "--zipar-policy", "diagonal", "-o", out],
             ["generate", "--model", model, "--class", "1", "--bogus"],
+            ["generate", "--model", model, "--class", "1", "--kv-cache", "int4", "-o", out],
+            ["generate", "--model", model, "--class", "1", "--kv-sparsity", "zipvl", "-o", out],
+            ["generate", "--model", model, "--class", "1", "--kv-cache", "zipcache", "--kv-sparsity", "h2o", "-o", out],
+            ["generate", "--model", model, "--class", "1", "--kv-cache", "zipcache", "--zipvl-tau", "1.5", "-o", out],
+            ["generate", "--model", model, "--class", "1", "--zipcache-score", "approx", "-o", out],
+            ["generate", "--model", model, "--class", "1", "--kv-merge", "minicache", "--kv-cache", "fp16", "-o", out],
+            ["generate", "--model", model, "--class", "1", "--kv-merge", "average", "--kv-cache", "kivi4", "-o", out],
+            ["bench", "--random-init", "gpt-b", "--kv-caches", "fp32,zip"],
         ]
         for args in usage { try zipar(args, expect: 2) }
         let runtime: [([String], String)] = [

@@ -35,6 +35,24 @@ void ck_attend_group_f16(const float *q, int ldq, const uint16_t *k, const uint1
 /* Float -> IEEE half (round to nearest even), n values. */
 void ck_f32_to_f16(const float *src, uint16_t *dst, int n);
 
+/* Compressed KV cache (KVQuant.swift). Codes of one row of d channels are packed planar (see
+   kernels.c); head_dim <= 512. Parameters are IEEE halves. ids[r] (or r when ids is NULL) is the
+   output row of code row r, so a block is rebuilt in slot order in out[block][d].
+   Channel-wise: out = code * st[c] + mn[c] (one min/step per channel for all rows).
+   Token-wise: row r has params[r*paramStride ...] = d/group mins then d/group steps;
+   out = (code * step_g + min_g) * chanScale[c] (chanScale NULL = 1). */
+void ck_kv_dequant_channel(const uint8_t *codes, int bits, int rows, int d, const uint16_t *mn, const uint16_t *st,
+                           const uint16_t *ids, float *out);
+void ck_kv_dequant_token(const uint8_t *codes, int bits, int rows, int d, int group, const uint16_t *params,
+                         int paramStride, const uint16_t *chanScale, const uint16_t *ids, float *out);
+/* Masked, scaled softmax of nq score rows of n entries in place (a row with no visible slot becomes zeros). */
+void ck_softmax_rows(const uint8_t *masks, const int *maskOffsets, int nq, int n, float scale, float *scores);
+/* out[d] += sum_j p[j] * v[j*d ...] (fp32 or fp16 value rows); d <= 512. */
+void ck_weighted_rows_acc(const float *p, const float *v, int n, int d, float *out);
+void ck_weighted_rows_acc_f16(const float *p, const uint16_t *v, int n, int d, float *out);
+/* IEEE half -> float, n values. */
+void ck_f16_to_f32(const uint16_t *src, float *dst, int n);
+
 /* Sum of n floats, read as fast as the memory allows (bandwidth measurement). */
 float ck_stream_sum(const float *x, size_t n);
 /* Persistent worker pool (pool.c). ck_parallel runs fn(ctx, chunk, chunks, worker) for every chunk

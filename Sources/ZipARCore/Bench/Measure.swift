@@ -43,12 +43,26 @@ public enum Measure {
     /// Median seconds of one GPT forward pass with `inputs` new tokens per batch entry (x2 with CFG),
     /// attending over a cache that is `filled` (fraction of the sequence already written).
     public static func forwardPass(gpt: GPT, inputs: Int, cfg: Bool, filled: Double = 0.5, runs: Int = 10,
-                                   kvPrecision: KVPrecision = .fp32) -> Double {
+                                   kvPrecision: KVCacheKind = .fp32, kvOptions: KVCacheOptions = KVCacheOptions()) -> Double {
         let B = cfg ? 2 : 1
         let c = gpt.config
         let state = ForwardState(config: c, maxRows: B * inputs, slots: gpt.sequenceLength)
-        let cache = gpt.makeCache(batch: B, precision: kvPrecision)
+        let cache = gpt.makeCache(batch: B, precision: kvPrecision, options: kvOptions)
         let upTo = c.cls_token_num + Int(Double(c.block_size) * filled)
+        if kvPrecision.isQuantized {
+            // A compressed cache attends to what it stores: fill it with random keys/values and seal
+            // every complete block, as a generation would have by then.
+            var rng = RNG(seed: 7)
+            let k = Tensor(shape: [c.headDim]), v = Tensor(shape: [c.headDim])
+            for s in 0..<upTo {
+                for b in 0..<B { for l in 0..<c.n_layer { for h in 0..<c.kvHeads {
+                    for i in 0..<c.headDim { k.data[i] = rng.nextNormal(); v.data[i] = rng.nextNormal() }
+                    cache.store(b, l, h, slot: s, key: k.data, value: v.data)
+                } } }
+                cache.markFinal(s)
+            }
+            cache.seal()
+        }
         for s in 0..<upTo { cache.markWritten(s) }
         var positions: [Int] = [], batchOf: [Int] = []
         for b in 0..<B { for i in 0..<inputs { positions.append(min(upTo + i, gpt.sequenceLength - 1)); batchOf.append(b) } }

@@ -39,10 +39,13 @@ public final class Generator {
     public let schedule: Schedule
     private let state: ForwardState
     private let cfgCache: KVCache
-    private let plainCache: KVCache
+    /// Made on first use: most runs use CFG, and an unused cache would still cost its memory.
+    private lazy var plainCache: KVCache = gpt.makeCache(batch: 1, precision: kvKind, options: kvOptions)
+    private let kvKind: KVCacheKind
+    private let kvOptions: KVCacheOptions
     private let guided: Tensor
 
-    public init(gpt: GPT, schedule: Schedule, kvPrecision: KVPrecision = .fp32) throws {
+    public init(gpt: GPT, schedule: Schedule, kvPrecision: KVCacheKind = .fp32, kvOptions: KVCacheOptions = KVCacheOptions()) throws {
         let c = gpt.config
         guard schedule.height * schedule.width == c.block_size, schedule.height == c.gridSize else {
             throw ZipARError("the model generates a \(c.gridSize)x\(c.gridSize) grid, the schedule is \(schedule.height)x\(schedule.width)")
@@ -55,13 +58,17 @@ public final class Generator {
         // Static steps feed at most maxInputs; the adaptive loop at most one per row + a draft check + a refresh.
         let maxInputs = max(schedule.steps.map { $0.inputs.count }.max() ?? 1, schedule.height + 2)
         state = ForwardState(config: c, maxRows: 2 * max(maxInputs, c.cls_token_num), slots: gpt.sequenceLength)
-        cfgCache = gpt.makeCache(batch: 2, precision: kvPrecision)
-        plainCache = gpt.makeCache(batch: 1, precision: kvPrecision)
+        cfgCache = gpt.makeCache(batch: 2, precision: kvPrecision, options: kvOptions)
+        kvKind = kvPrecision
+        self.kvOptions = kvOptions
         guided = Tensor(shape: [c.vocab_size])
     }
 
     /// KV cache bytes of one image (both CFG halves when `cfg`).
     public func cacheBytes(cfg: Bool) -> Int { cfg ? cfgCache.bytes : plainCache.bytes }
+    /// The KV cache of one image (both CFG halves when `cfg`): its largest size so far, compressed
+    /// part and recent buffer included, and what the same slots take in fp16.
+    public func cache(cfg: Bool) -> KVCache { cfg ? cfgCache : plainCache }
 
     /// Per-image state of one generation.
     private struct Run {
@@ -128,6 +135,8 @@ public final class Generator {
         for b in 0..<B { for p in 0..<cls { positions.append(p); batchOf.append(b) } }
         gpt.forward(state: state, cache: run.cache, positions: positions, batchOf: batchOf, visibility: run.visibility,
                     logitRows: (0..<B).map { $0 * cls + cls - 1 })
+        for p in 0..<cls { run.cache.markFinal(p) }
+        run.cache.seal()
         run.passes = 1
         run.tokens[0] = pick(0, count: 1, cell: 0, prefill: true, &run)
     }
@@ -149,6 +158,10 @@ public final class Generator {
         if run.cfg { logitRows += logitRows.map { $0 + n } }
         run.forwardSeconds += Measure.time {
             gpt.forward(state: state, cache: run.cache, positions: positions, batchOf: batchOf, visibility: run.visibility, logitRows: logitRows)
+            // A proxy's slot is overwritten by the real token later; every other input is final, and
+            // complete blocks of final slots can be compressed (no-op for fp32/fp16).
+            for input in inputs where input.role != .proxy { run.cache.markFinal(cls + input.slot) }
+            run.cache.seal()
         }
         run.passes += 1
         return outputs

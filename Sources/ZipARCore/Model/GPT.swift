@@ -127,9 +127,9 @@ public final class GPT {
         layers.reduce(output.bytes) { $0 + $1.wqkv.bytes + $1.wo.bytes + $1.w1.bytes + $1.w2.bytes + $1.w3.bytes }
     }
 
-    public func makeCache(batch: Int, precision: KVPrecision = .fp32) -> KVCache {
+    public func makeCache(batch: Int, precision: KVCacheKind = .fp32, options: KVCacheOptions = KVCacheOptions()) -> KVCache {
         KVCache(batch: batch, layers: config.n_layer, kvHeads: config.kvHeads, slots: sequenceLength, headDim: config.headDim,
-                precision: precision)
+                kind: precision, options: options)
     }
 
     // MARK: embeddings
@@ -173,6 +173,7 @@ public final class GPT {
 
         for p in positions { cache.markWritten(p) }
         buildMasks(state: state, cache: cache, positions: positions, visibility: visibility)
+        cache.beginPass(positions: positions, batchOf: batchOf, masks: state.mask)
         // Rows of each batch entry (a pass lists cond rows, then uncond rows), for grouped attention.
         let rowsOf: [[Int]] = (0...(batchOf.max() ?? 0)).map { b in positions.indices.filter { batchOf[$0] == b } }
 
@@ -239,7 +240,6 @@ public final class GPT {
         let scale = 1 / Float(hd).squareRoot()
         let B = rowsOf.count
         let qkv = state.qkv.data, att = state.att.data, mask = state.mask, scores = state.scores.data
-        let keys = cache.keys, values = cache.values, fp16 = cache.precision == .fp16
         let work = positions.reduce(0) { $0 + $1 } * nh * hd
         let perPart = state.scores.count / max(1, state.scores.shape[0])
         // One chunk per (batch entry, KV head); scratch buffers are per worker thread.
@@ -247,6 +247,7 @@ public final class GPT {
         Parallel.run(chunks: work > 200_000 ? jobs : 1) { chunk, chunks, worker in
             let sc = scores + worker * perPart
             let offsets = state.maskOffsets + worker * state.maxRows * group
+            let qslots = state.querySlots + worker * state.maxRows * group
             let qbuf = state.qGather.data + worker * state.maxRows * nh * hd
             let obuf = state.oGather.data + worker * state.maxRows * nh * hd
             for job in (chunks == 1 ? 0..<jobs : chunk..<(chunk + 1)) {
@@ -254,24 +255,17 @@ public final class GPT {
                 guard !rows.isEmpty else { continue }
                 let n = rows.map { positions[$0] }.max()! + 1
                 // Query i = (row rows[i / group], head g*group + i % group); q and out rows are hd apart within a row.
-                let o = cache.base(b, layer, g)
                 for (ri, r) in rows.enumerated() {
-                    for h in 0..<group { offsets[ri * group + h] = Int32(r * S) }
+                    for h in 0..<group { offsets[ri * group + h] = Int32(r * S); qslots[ri * group + h] = Int32(positions[r]) }
                 }
                 let nq = rows.count * group
                 // Gather queries into a contiguous block [nq, hd] and scatter results back.
                 for (ri, r) in rows.enumerated() {
                     (qbuf + ri * group * hd).update(from: qkv + r * qkvW + g * group * hd, count: group * hd)
                 }
-                if fp16 {
-                    ck_attend_group_f16(qbuf, Int32(hd), keys.assumingMemoryBound(to: UInt16.self) + o,
-                                        values.assumingMemoryBound(to: UInt16.self) + o, mask, offsets, Int32(nq), Int32(n),
-                                        Int32(hd), scale, sc, obuf, Int32(hd))
-                } else {
-                    ck_attend_group(qbuf, Int32(hd), keys.assumingMemoryBound(to: Float.self) + o,
-                                    values.assumingMemoryBound(to: Float.self) + o, mask, offsets, Int32(nq), Int32(n),
-                                    Int32(hd), scale, sc, obuf, Int32(hd))
-                }
+                // The cache reads its own stored form (dense, or one dequantized block at a time).
+                cache.attend(b, layer, g, q: qbuf, nq: nq, n: n, masks: mask, maskOffsets: offsets, querySlots: qslots,
+                             scale: scale, scores: sc, out: obuf, worker: worker)
                 for (ri, r) in rows.enumerated() {
                     (att + r * c.dim + g * group * hd).update(from: obuf + ri * group * hd, count: group * hd)
                 }
@@ -286,6 +280,7 @@ public final class ForwardState {
     let x, xb, qkv, att, h1, h3, logits, scores: Tensor
     let qGather, oGather: Tensor      // per worker: [maxRows * n_head, head_dim] gathered queries / outputs
     let maskOffsets: UnsafeMutablePointer<Int32>   // per worker: mask row offset of each gathered query
+    let querySlots: UnsafeMutablePointer<Int32>    // per worker: cache slot of each gathered query
     let mask: UnsafeMutablePointer<UInt8>
 
     public init(config: GPTConfig, maxRows: Int, slots: Int) {
@@ -303,11 +298,13 @@ public final class ForwardState {
         let group = config.n_head / config.kvHeads
         maskOffsets = UnsafeMutablePointer<Int32>.allocate(capacity: workers * maxRows * group)
         maskOffsets.initialize(repeating: 0, count: workers * maxRows * group)
+        querySlots = UnsafeMutablePointer<Int32>.allocate(capacity: workers * maxRows * group)
+        querySlots.initialize(repeating: 0, count: workers * maxRows * group)
         mask = UnsafeMutablePointer<UInt8>.allocate(capacity: maxRows * slots)
         mask.initialize(repeating: 0, count: maxRows * slots)
     }
 
-    deinit { mask.deallocate(); maskOffsets.deallocate() }
+    deinit { mask.deallocate(); maskOffsets.deallocate(); querySlots.deallocate() }
 
     /// Input embedding row r (write the row's embedding here before `forward`).
     public func input(_ r: Int) -> UnsafeMutablePointer<Float> { x.data + r * x.shape[1] }
