@@ -90,7 +90,7 @@ struct QuantizeCommand: ParsableCommand {
                     try FileManager.default.copyItem(atPath: dir.path + "/" + f, toPath: tmp + "/" + f)
                 }
             }
-            try SafeTensorsWriter.write(try entries(gpt, weights), metadata: ["format": "pt", "zipar.quant": scheme.rawValue], to: tmp + "/gpt.safetensors")
+            try SafeTensorsWriter.write(try QuantFormat.modelEntries(gpt, original: weights), metadata: ["format": "pt", "zipar.quant": scheme.rawValue], to: tmp + "/gpt.safetensors")
             var cfg = dir.raw
             cfg["name"] = dir.name + "-" + scheme.rawValue
             var q: [String: Any] = ["scheme": scheme.rawValue, "source": dir.name, "head": fp32Head ? "fp32" : "w8a8"]
@@ -113,26 +113,6 @@ struct QuantizeCommand: ParsableCommand {
             print(String(format: "wrote %@ (%@, %.1f MB of weights streamed per pass, fp32 %.1f MB)", out, scheme.rawValue, mb, Double(reference.streamedBytesPerPass) / 1e6))
             print(qualityLine)
         }
-    }
-
-    /// The tensors of the original file in order; quantized Linears replaced, norms taken from memory
-    /// (smoothing rescales them), everything else copied byte for byte.
-    func entries(_ gpt: GPT, _ file: SafeTensorsFile) throws -> [SafeTensorsWriter.Entry] {
-        var linears: [String: Linear] = ["output.weight": gpt.output]
-        var norms: [String: Tensor] = [:]
-        for (i, l) in gpt.layers.enumerated() {
-            let p = "layers.\(i)."
-            linears[p + "attention.wqkv.weight"] = l.wqkv; linears[p + "attention.wo.weight"] = l.wo
-            linears[p + "feed_forward.w1.weight"] = l.w1; linears[p + "feed_forward.w2.weight"] = l.w2; linears[p + "feed_forward.w3.weight"] = l.w3
-            norms[p + "attention_norm.weight"] = l.attention_norm; norms[p + "ffn_norm.weight"] = l.ffn_norm
-        }
-        var out: [SafeTensorsWriter.Entry] = []
-        for info in file.tensors.values.sorted(by: { $0.begin < $1.begin }) {
-            if let lin = linears[info.name], lin.quantized != nil { out += QuantFormat.entries(lin, name: info.name) }
-            else if let t = norms[info.name] { out.append(.f32(info.name, t)) }
-            else { out.append(SafeTensorsWriter.Entry(name: info.name, dtype: info.dtype, shape: info.shape, bytes: Data(file.bytes(info)))) }
-        }
-        return out
     }
 
     /// Calibration prompts from the model's own domain, each generated (raster) by the fp32 model with the

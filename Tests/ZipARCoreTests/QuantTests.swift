@@ -277,20 +277,7 @@ final class ModelQuantizeTests: XCTestCase {
             for run in 0..<2 {
                 let gpt = try tinyGPT()
                 try ModelQuantizer.quantize(gpt, settings: QuantizeSettings(scheme: scheme), samples: samples(gpt, count: 2, seed: 3))
-                var entries: [SafeTensorsWriter.Entry] = []
-                var linears: [String: Linear] = ["output.weight": gpt.output]
-                var norms: [String: Tensor] = [:]
-                for (i, l) in gpt.layers.enumerated() {
-                    let p = "layers.\(i)."
-                    linears[p + "attention.wqkv.weight"] = l.wqkv; linears[p + "attention.wo.weight"] = l.wo
-                    linears[p + "feed_forward.w1.weight"] = l.w1; linears[p + "feed_forward.w2.weight"] = l.w2; linears[p + "feed_forward.w3.weight"] = l.w3
-                    norms[p + "attention_norm.weight"] = l.attention_norm; norms[p + "ffn_norm.weight"] = l.ffn_norm
-                }
-                for info in original.tensors.values.sorted(by: { $0.begin < $1.begin }) {
-                    if let lin = linears[info.name] { entries += QuantFormat.entries(lin, name: info.name) }
-                    else if let t = norms[info.name] { entries.append(.f32(info.name, t)) }
-                    else { entries.append(.f32(info.name, try original.tensor(info.name))) }
-                }
+                let entries = try QuantFormat.modelEntries(gpt, original: original)
                 let path = dir + "/\(scheme.rawValue)-\(run).safetensors"
                 try SafeTensorsWriter.write(entries, to: path)
                 files.append(try Data(contentsOf: URL(fileURLWithPath: path)))

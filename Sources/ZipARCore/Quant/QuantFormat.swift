@@ -78,4 +78,24 @@ public enum QuantFormat {
             return [i8(".qweight", v, [n, k]), f32(".wscales8", q.rowScales)]
         }
     }
+
+    /// The tensors of the original file in order; quantized Linears replaced, norms taken from memory
+    /// (smoothing rescales them), everything else copied byte for byte.
+    public static func modelEntries(_ gpt: GPT, original file: SafeTensorsFile) throws -> [SafeTensorsWriter.Entry] {
+        var linears: [String: Linear] = ["output.weight": gpt.output]
+        var norms: [String: Tensor] = [:]
+        for (i, l) in gpt.layers.enumerated() {
+            let p = "layers.\(i)."
+            linears[p + "attention.wqkv.weight"] = l.wqkv; linears[p + "attention.wo.weight"] = l.wo
+            linears[p + "feed_forward.w1.weight"] = l.w1; linears[p + "feed_forward.w2.weight"] = l.w2; linears[p + "feed_forward.w3.weight"] = l.w3
+            norms[p + "attention_norm.weight"] = l.attention_norm; norms[p + "ffn_norm.weight"] = l.ffn_norm
+        }
+        var out: [SafeTensorsWriter.Entry] = []
+        for info in file.tensors.values.sorted(by: { $0.begin < $1.begin }) {
+            if let lin = linears[info.name], lin.quantized != nil { out += entries(lin, name: info.name) }
+            else if let t = norms[info.name] { out.append(.f32(info.name, t)) }
+            else { out.append(SafeTensorsWriter.Entry(name: info.name, dtype: info.dtype, shape: info.shape, bytes: Data(file.bytes(info)))) }
+        }
+        return out
+    }
 }
