@@ -330,7 +330,6 @@ class VQArgs:
     z_channels: int = 32
     ch: int = 32
     num_res_blocks: int = 1
-    commit_loss_beta: float = 0.25
 
     def config_json(self):
         keys = ["codebook_size", "codebook_embed_dim", "codebook_l2_norm", "decoder_ch_mult", "z_channels", "ch",
@@ -398,53 +397,6 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
-class Downsample(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.conv = nn.Conv2d(c, c, 3, 2, 0)
-
-    def forward(self, x):
-        return self.conv(F.pad(x, (0, 1, 0, 1), mode="constant", value=0))
-
-
-class Encoder(nn.Module):
-    def __init__(self, in_channels=3, ch=32, ch_mult=(1, 1, 2), num_res_blocks=1, z_channels=32):
-        super().__init__()
-        self.num_resolutions = len(ch_mult)
-        self.conv_in = nn.Conv2d(in_channels, ch, 3, 1, 1)
-        in_ch_mult = (1,) + tuple(ch_mult)
-        self.conv_blocks = nn.ModuleList()
-        for i in range(self.num_resolutions):
-            block = nn.Module()
-            res, attn = nn.ModuleList(), nn.ModuleList()
-            block_in, block_out = ch * in_ch_mult[i], ch * ch_mult[i]
-            for _ in range(num_res_blocks):
-                res.append(ResnetBlock(block_in, block_out))
-                block_in = block_out
-                if i == self.num_resolutions - 1:
-                    attn.append(AttnBlock(block_in))
-            block.res, block.attn = res, attn
-            if i != self.num_resolutions - 1:
-                block.downsample = Downsample(block_in)
-            self.conv_blocks.append(block)
-        self.mid = nn.ModuleList([ResnetBlock(block_in, block_in), AttnBlock(block_in), ResnetBlock(block_in, block_in)])
-        self.norm_out = Normalize(block_in)
-        self.conv_out = nn.Conv2d(block_in, z_channels, 3, 1, 1)
-
-    def forward(self, x):
-        h = self.conv_in(x)
-        for i, block in enumerate(self.conv_blocks):
-            for j, r in enumerate(block.res):
-                h = r(h)
-                if len(block.attn) > 0:
-                    h = block.attn[j](h)
-            if i != self.num_resolutions - 1:
-                h = block.downsample(h)
-        for m in self.mid:
-            h = m(h)
-        return self.conv_out(nonlinearity(self.norm_out(h)))
-
-
 class Decoder(nn.Module):
     def __init__(self, z_channels=32, ch=32, ch_mult=(1, 1, 2), num_res_blocks=1, out_channels=3):
         super().__init__()
@@ -484,9 +436,11 @@ class Decoder(nn.Module):
 
 
 class VectorQuantizer(nn.Module):
-    def __init__(self, n_e, e_dim, beta, l2_norm=True):
+    """LlamaGen's codebook, lookup side only: the default model's codes come from patches.py."""
+
+    def __init__(self, n_e, e_dim, l2_norm=True):
         super().__init__()
-        self.n_e, self.e_dim, self.beta, self.l2_norm = n_e, e_dim, beta, l2_norm
+        self.n_e, self.e_dim, self.l2_norm = n_e, e_dim, l2_norm
         self.embedding = nn.Embedding(n_e, e_dim)
         self.embedding.weight.data.uniform_(-1.0 / n_e, 1.0 / n_e)
         if l2_norm:
@@ -496,22 +450,6 @@ class VectorQuantizer(nn.Module):
         e = self.embedding.weight
         return F.normalize(e, p=2, dim=-1) if self.l2_norm else e
 
-    def forward(self, z):
-        """z [B, C, H, W] -> (z_q [B, C, H, W] straight-through, losses, indices [B, H*W], z_flat)"""
-        z = z.permute(0, 2, 3, 1).contiguous()
-        zf = z.view(-1, self.e_dim)
-        e = self.codebook()
-        if self.l2_norm:
-            z = F.normalize(z, p=2, dim=-1)
-            zf = F.normalize(zf, p=2, dim=-1)
-        d = zf.pow(2).sum(1, keepdim=True) + e.pow(2).sum(1) - 2 * zf @ e.t()
-        idx = d.argmin(dim=1)
-        zq = e[idx].view(z.shape)
-        vq_loss = F.mse_loss(zq, z.detach())
-        commit_loss = self.beta * F.mse_loss(zq.detach(), z)
-        zq = z + (zq - z).detach()
-        return zq.permute(0, 3, 1, 2).contiguous(), vq_loss, commit_loss, idx.view(z.shape[0], -1), zf
-
     def lookup(self, idx, shape):
         """Codes [B, H*W] -> latent [B, C, H, W] (get_codebook_entry)."""
         zq = self.codebook()[idx.reshape(-1)]
@@ -520,24 +458,19 @@ class VectorQuantizer(nn.Module):
 
 
 class VQModel(nn.Module):
+    """LlamaGen VQModel's decode path (quantize.embedding, post_quant_conv, decoder): what zipar reads."""
+
     def __init__(self, args: VQArgs):
         super().__init__()
         self.args = args
-        self.encoder = Encoder(ch=args.ch, ch_mult=args.decoder_ch_mult, num_res_blocks=args.num_res_blocks,
-                               z_channels=args.z_channels)
         self.decoder = Decoder(z_channels=args.z_channels, ch=args.ch, ch_mult=args.decoder_ch_mult,
                                num_res_blocks=args.num_res_blocks)
-        self.quantize = VectorQuantizer(args.codebook_size, args.codebook_embed_dim, args.commit_loss_beta,
-                                        args.codebook_l2_norm)
-        self.quant_conv = nn.Conv2d(args.z_channels, args.codebook_embed_dim, 1)
+        self.quantize = VectorQuantizer(args.codebook_size, args.codebook_embed_dim, args.codebook_l2_norm)
         self.post_quant_conv = nn.Conv2d(args.codebook_embed_dim, args.z_channels, 1)
 
     @property
     def downsample(self):
         return 2 ** (len(self.args.decoder_ch_mult) - 1)
-
-    def encode(self, x):
-        return self.quantize(self.quant_conv(self.encoder(x)))
 
     def decode(self, zq):
         return self.decoder(self.post_quant_conv(zq))
@@ -546,11 +479,6 @@ class VQModel(nn.Module):
         zq = self.quantize.lookup(idx, (idx.shape[0], self.args.codebook_embed_dim, grid, grid))
         return self.decode(zq)
 
-    def forward(self, x):
-        zq, vq_loss, commit_loss, idx, zf = self.encode(x)
-        return self.decode(zq), vq_loss, commit_loss, idx, zf
-
     def export_state_dict(self):
-        """The decode-path keys zipar reads (spec section 3.2, without encoder/quant_conv)."""
-        return {k: v for k, v in self.state_dict().items()
-                if k.startswith("decoder.") or k.startswith("post_quant_conv.") or k == "quantize.embedding.weight"}
+        """The decode-path keys zipar reads (spec section 3.2)."""
+        return dict(self.state_dict())

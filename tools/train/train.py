@@ -496,9 +496,7 @@ def load_model_dir(path):
     gpt.load_state_dict(sd, strict=True)
     v = dict(config["vq"])
     vq = VQModel(VQArgs(**v))
-    missing, unexpected = vq.load_state_dict(read_safetensors(os.path.join(path, "vq.safetensors")), strict=False)
-    assert not unexpected, unexpected
-    assert all(k.startswith(("encoder.", "quant_conv.")) for k in missing), missing
+    vq.load_state_dict(read_safetensors(os.path.join(path, "vq.safetensors")), strict=True)
     emb = read_safetensors(os.path.join(path, "text.safetensors"))["embedding.weight"]
     with open(os.path.join(path, "text_vocab.txt")) as f:
         vocab = f.read().split("\n")[: emb.shape[0]]
