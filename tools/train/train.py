@@ -245,12 +245,14 @@ def new_decoder(cfg, tok, seed):
 
 
 def load_decoder(cfg, tok, work, seed):
-    """The latest decoder checkpoint (the dec phase may still be running in another process)."""
+    """(decoder, its checkpoint dict or {}) from the latest dec.pt; read once, because the dec phase
+    may still be running in another process and rewrite it."""
     vq = new_decoder(cfg, tok, seed)
     path = os.path.join(work, "dec.pt")
-    if os.path.exists(path):
-        vq.load_state_dict(torch.load(path, weights_only=False)["model"])
-    return vq.eval()
+    ck = torch.load(path, weights_only=False) if os.path.exists(path) else {}
+    if ck:
+        vq.load_state_dict(ck["model"])
+    return vq.eval(), ck
 
 
 def decoder_params(vq):
@@ -622,9 +624,7 @@ def main(argv=None):
 
     def export_fn(gpt_sd, text_sd, info, sampling=None):
         # The decoder as of now: with --only gpt the dec phase may still be training next door.
-        vq = load_decoder(cfg, tok, work, args.seed)
-        dec_ck = os.path.join(work, "dec.pt")
-        dec = torch.load(dec_ck, weights_only=False) if os.path.exists(dec_ck) else {}
+        vq, dec = load_decoder(cfg, tok, work, args.seed)
         dec_info = {"steps": dec.get("step", 0), "done": bool(dec.get("done")), **dec.get("stats", {})}
         export_model(args.out, cfg, vq, gpt_sd, text_sd, sampling or {"cfg_scale": 3.0, "top_k": 0, "top_p": 1.0,
                                                                      "temperature": 1.0},
