@@ -526,8 +526,201 @@ CK_AVX2 static void weighted_rows_f16_avx2(const float *p, const uint16_t *v, in
 }
 #endif
 
+#ifdef CK_X86
+/* out[d] = sum_j p[j] * v[j*d ...] with 512-bit registers, keys taken in pairs: with head_dim 64 one
+   key is only 4 FMAs, so a single accumulator set would wait on FMA latency; two sets (even and odd
+   keys) keep both FMA ports busy. d is a multiple of 64. */
+#define CK_AVX512B __attribute__((target("avx512f,avx2,fma,f16c")))
+CK_AVX512B static void weighted_rows_avx512(const float *p, const float *v, int n, int d, float *out) {
+    for (int c = 0; c < d; c += 64) {   /* d % 64 == 0: constant trip counts keep a0..b3 in registers */
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+        for (int j = 0; j < n;) {
+            const float *v0 = v + (size_t)j * d + c;
+            if (j + 1 < n && p[j] != 0.0f && p[j + 1] != 0.0f) {
+                __m512 p0 = _mm512_set1_ps(p[j]), p1 = _mm512_set1_ps(p[j + 1]);
+                const float *v1 = v0 + d;
+                a0 = _mm512_fmadd_ps(p0, _mm512_loadu_ps(v0), a0);      b0 = _mm512_fmadd_ps(p1, _mm512_loadu_ps(v1), b0);
+                a1 = _mm512_fmadd_ps(p0, _mm512_loadu_ps(v0 + 16), a1); b1 = _mm512_fmadd_ps(p1, _mm512_loadu_ps(v1 + 16), b1);
+                a2 = _mm512_fmadd_ps(p0, _mm512_loadu_ps(v0 + 32), a2); b2 = _mm512_fmadd_ps(p1, _mm512_loadu_ps(v1 + 32), b2);
+                a3 = _mm512_fmadd_ps(p0, _mm512_loadu_ps(v0 + 48), a3); b3 = _mm512_fmadd_ps(p1, _mm512_loadu_ps(v1 + 48), b3);
+                j += 2;
+                continue;
+            }
+            /* A row with probability 0 is skipped, not multiplied: a compressed cache leaves stale
+               (possibly non-finite) values in the evicted rows of its scratch. */
+            if (p[j] != 0.0f) {
+                __m512 p0 = _mm512_set1_ps(p[j]);
+                a0 = _mm512_fmadd_ps(p0, _mm512_loadu_ps(v0), a0);      a1 = _mm512_fmadd_ps(p0, _mm512_loadu_ps(v0 + 16), a1);
+                a2 = _mm512_fmadd_ps(p0, _mm512_loadu_ps(v0 + 32), a2); a3 = _mm512_fmadd_ps(p0, _mm512_loadu_ps(v0 + 48), a3);
+            }
+            j += 1;
+        }
+        _mm512_storeu_ps(out + c, _mm512_add_ps(a0, b0));      _mm512_storeu_ps(out + c + 16, _mm512_add_ps(a1, b1));
+        _mm512_storeu_ps(out + c + 32, _mm512_add_ps(a2, b2)); _mm512_storeu_ps(out + c + 48, _mm512_add_ps(a3, b3));
+    }
+}
+
+/* e^x for 16 lanes, the Cephes polynomial of NN.exp8 (Swift): x = n ln2 + r, |r| <= ln2/2, degree 6,
+   times 2^n (scalef). 1-2 ulp; inputs clamped to [-87, 88]. */
+CK_AVX512B static inline __m512 exp512(__m512 x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(0.693359375f)));
+    r = _mm512_sub_ps(r, _mm512_mul_ps(n, _mm512_set1_ps(-2.12194440e-4f)));
+    __m512 q = _mm512_set1_ps(1.9875691500e-4f);
+    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.3981999507e-3f));
+    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(8.3334519073e-3f));
+    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(4.1665795894e-2f));
+    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.6666665459e-1f));
+    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(5.0000001201e-1f));
+    q = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(q, r), r, r), _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(q, n);
+}
+
+/* Visible lanes (mask byte != 0) of 16 slots starting at m; `left` < 16 limits a tail. */
+CK_AVX512B static inline __mmask16 visible16(const uint8_t *m, int left) {
+    __mmask16 in = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+    __m128i bytes;
+    if (left >= 16) bytes = _mm_loadu_si128((const __m128i *)m);
+    else { uint8_t tail[16] = {0}; memcpy(tail, m, (size_t)left); bytes = _mm_loadu_si128((const __m128i *)tail); }
+    return _mm512_mask_test_epi32_mask(in, _mm512_cvtepu8_epi32(bytes), _mm512_cvtepu8_epi32(bytes));
+}
+
+/* Masked, scaled softmax of one score row in place; returns 0 (row zeroed) when nothing is visible. */
+CK_AVX512B static int softmax_row_avx512(float *s, const uint8_t *m, int n, float scale) {
+    __m512 mx = _mm512_set1_ps(-INFINITY), sc = _mm512_set1_ps(scale);
+    for (int j = 0; j < n; j += 16) {
+        __mmask16 k = visible16(m + j, n - j);
+        mx = _mm512_mask_max_ps(mx, k, mx, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, s + j), sc));
+    }
+    float top = _mm512_reduce_max_ps(mx);
+    if (top == -INFINITY) { memset(s, 0, sizeof(float) * (size_t)n); return 0; }
+    __m512 t = _mm512_set1_ps(top), sum = _mm512_setzero_ps();
+    for (int j = 0; j < n; j += 16) {
+        int left = n - j;
+        __mmask16 in = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+        __mmask16 k = visible16(m + j, left);
+        __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, s + j), sc);
+        /* A visible slot can carry a -inf score (ZipVL eviction): its probability must be exactly 0. */
+        __mmask16 live = _mm512_mask_cmp_ps_mask(k, v, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ);
+        __m512 e = _mm512_maskz_mov_ps(live, exp512(_mm512_sub_ps(v, t)));
+        _mm512_mask_storeu_ps(s + j, in, e);
+        sum = _mm512_add_ps(sum, e);
+    }
+    __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
+    for (int j = 0; j < n; j += 16) {
+        int left = n - j;
+        __mmask16 in = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+        _mm512_mask_storeu_ps(s + j, in, _mm512_mul_ps(_mm512_maskz_loadu_ps(in, s + j), inv));
+    }
+    return 1;
+}
+/* a = silu(a) * b (SwiGLU), 16 lanes; the tail through a masked load. */
+CK_AVX512B static void ck_swiglu_avx512(float *a, const float *b, int n) {
+    __m512 one = _mm512_set1_ps(1.0f);
+    for (int i = 0; i < n; i += 16) {
+        int left = n - i;
+        __mmask16 in = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+        __m512 x = _mm512_maskz_loadu_ps(in, a + i), y = _mm512_maskz_loadu_ps(in, b + i);
+        __m512 sig = _mm512_div_ps(x, _mm512_add_ps(one, exp512(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+        _mm512_mask_storeu_ps(a + i, in, _mm512_mul_ps(sig, y));
+    }
+}
+
+/* Softmax of x[0..n) in place; -inf entries become exactly 0. Returns 0 when every entry is -inf. */
+CK_AVX512B static int softmax_inplace_avx512(float *x, int n) {
+    __m512 mx = _mm512_set1_ps(-INFINITY);
+    for (int j = 0; j < n; j += 16) {
+        int left = n - j;
+        __mmask16 in = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+        mx = _mm512_mask_max_ps(mx, in, mx, _mm512_maskz_loadu_ps(in, x + j));
+    }
+    float top = _mm512_reduce_max_ps(mx);
+    if (top == -INFINITY) return 0;
+    __m512 t = _mm512_set1_ps(top), sum = _mm512_setzero_ps(), ninf = _mm512_set1_ps(-INFINITY);
+    for (int j = 0; j < n; j += 16) {
+        int left = n - j;
+        __mmask16 in = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+        __m512 v = _mm512_maskz_loadu_ps(in, x + j);
+        __mmask16 live = _mm512_mask_cmp_ps_mask(in, v, ninf, _CMP_NEQ_OQ);
+        __m512 e = _mm512_maskz_mov_ps(live, exp512(_mm512_sub_ps(v, t)));
+        _mm512_mask_storeu_ps(x + j, in, e);
+        sum = _mm512_add_ps(sum, e);
+    }
+    __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
+    for (int j = 0; j < n; j += 16) {
+        int left = n - j;
+        __mmask16 in = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+        _mm512_mask_storeu_ps(x + j, in, _mm512_mul_ps(_mm512_maskz_loadu_ps(in, x + j), inv));
+    }
+    return 1;
+}
+
+/* Attention scores scores[i*n + j] = q_i . k_j for a group of nq queries (d a multiple of 16). The
+   streaming product would sum each (query, key) pair with a full horizontal reduction (~8 shuffle/add
+   uops for just d/16 FMAs at head_dim 64); here 16 keys are accumulated side by side and reduced
+   together by a transpose-and-add tree (45 uops per 16 scores). Keys of one head sit in L2. */
+CK_AVX512B static inline __m512 reduce16(__m512 *A) {
+    __m512 B[8], C[4];
+    for (int i = 0; i < 8; i++) B[i] = _mm512_add_ps(_mm512_unpacklo_ps(A[2 * i], A[2 * i + 1]), _mm512_unpackhi_ps(A[2 * i], A[2 * i + 1]));
+    for (int i = 0; i < 4; i++) {
+        __m512d x = _mm512_castps_pd(B[2 * i]), y = _mm512_castps_pd(B[2 * i + 1]);
+        C[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+    }
+    __m512 e01 = _mm512_add_ps(_mm512_shuffle_f32x4(C[0], C[1], 0x88), _mm512_shuffle_f32x4(C[0], C[1], 0xDD));
+    __m512 e23 = _mm512_add_ps(_mm512_shuffle_f32x4(C[2], C[3], 0x88), _mm512_shuffle_f32x4(C[2], C[3], 0xDD));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(e01, e23, 0x88), _mm512_shuffle_f32x4(e01, e23, 0xDD));
+}
+
+#define DEFINE_SCORES512(NAME, WT, LOAD) \
+CK_AVX512B static void NAME(const float *q, int nq, const WT *k, int n, int d, float *scores) { \
+    int n16 = n & ~15; \
+    for (int i = 0; i < nq; i++) { \
+        const float *qi = q + (size_t)i * d; \
+        float *si = scores + (size_t)i * n; \
+        for (int j0 = 0; j0 < n16; j0 += 16) {   /* constant trip counts: A stays in registers */ \
+            __m512 A[16]; \
+            const WT *kb = k + (size_t)j0 * d; \
+            __m512 qc = _mm512_loadu_ps(qi); \
+            for (int t = 0; t < 16; t++) A[t] = _mm512_mul_ps(qc, LOAD(kb + (size_t)t * d)); \
+            for (int c = 16; c < d; c += 16) { \
+                qc = _mm512_loadu_ps(qi + c); \
+                for (int t = 0; t < 16; t++) A[t] = _mm512_fmadd_ps(qc, LOAD(kb + (size_t)t * d + c), A[t]); \
+            } \
+            _mm512_storeu_ps(si + j0, reduce16(A)); \
+        } \
+        for (int j = n16; j < n; j++) {   /* the last n % 16 keys one at a time */ \
+            __m512 acc = _mm512_setzero_ps(); \
+            for (int c = 0; c < d; c += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(qi + c), LOAD(k + (size_t)j * d + c), acc); \
+            si[j] = _mm512_reduce_add_ps(acc); \
+        } \
+    } \
+}
+DEFINE_SCORES512(scores512_f32, float, LOAD512_F32)
+DEFINE_SCORES512(scores512_f16, uint16_t, LOAD512_F16)
+#endif
+
+/* Masked, scaled softmax of one score row in place (masked slots become exactly 0); returns 0, with
+   the row zeroed, when no slot is visible. */
+static int softmax_row(float *s, const uint8_t *m, int n, float scale) {
+#ifdef CK_X86
+    if (ck_avx512_enabled && has_avx512()) return softmax_row_avx512(s, m, n, scale);
+#endif
+    float mx = -INFINITY, sum = 0;
+    for (int j = 0; j < n; j++) {
+        s[j] = m[j] ? s[j] * scale : -INFINITY;
+        if (s[j] > mx) mx = s[j];
+    }
+    if (mx == -INFINITY) { memset(s, 0, sizeof(float) * (size_t)n); return 0; }
+    for (int j = 0; j < n; j++) { float e = s[j] == -INFINITY ? 0.0f : expf(s[j] - mx); s[j] = e; sum += e; }
+    float inv = 1.0f / sum;
+    for (int j = 0; j < n; j++) s[j] *= inv;
+    return 1;
+}
+
 static void weighted_rows(const float *p, const float *v, int n, int d, float *out) {
 #ifdef CK_X86
+    if (ck_avx512_enabled && has_avx512() && d % 64 == 0) { weighted_rows_avx512(p, v, n, d, out); return; }
     if (ck_has_avx2_fma()) { weighted_rows_avx2(p, v, n, d, out); return; }
 #endif
     memset(out, 0, sizeof(float) * (size_t)d);
@@ -551,16 +744,8 @@ static void weighted_rows_f16(const float *p, const uint16_t *v, int n, int d, f
 static void softmax_and_values(const uint8_t *masks, const int *maskOffsets, int nq, int n, int d, float scale,
                                float *scores, float *out, int ldo, const float *v, const uint16_t *v16) {
     for (int i = 0; i < nq; i++) {
-        float *s = scores + (size_t)i * n, mx = -INFINITY, sum = 0;
-        const uint8_t *m = masks + maskOffsets[i];
-        for (int j = 0; j < n; j++) {
-            s[j] = m[j] ? s[j] * scale : -INFINITY;
-            if (s[j] > mx) mx = s[j];
-        }
-        if (mx == -INFINITY) { memset(out + (size_t)i * ldo, 0, sizeof(float) * (size_t)d); continue; }
-        for (int j = 0; j < n; j++) { float e = s[j] == -INFINITY ? 0.0f : expf(s[j] - mx); s[j] = e; sum += e; }
-        float inv = 1.0f / sum;
-        for (int j = 0; j < n; j++) s[j] *= inv;
+        float *s = scores + (size_t)i * n;
+        if (!softmax_row(s, masks + maskOffsets[i], n, scale)) { memset(out + (size_t)i * ldo, 0, sizeof(float) * (size_t)d); continue; }
         /* Value rows of one head are a few hundred KB at most: after the first query they come from cache. */
         if (v16) weighted_rows_f16(s, v16, n, d, out + (size_t)i * ldo);
         else weighted_rows(s, v, n, d, out + (size_t)i * ldo);
@@ -570,6 +755,10 @@ static void softmax_and_values(const uint8_t *masks, const int *maskOffsets, int
 void ck_attend_group(const float *q, int ldq, const float *k, const float *v, const uint8_t *masks,
                      const int *maskOffsets, int nq, int n, int d, float scale, float *scores,
                      float *out, int ldo) {
+#ifdef CK_X86
+    if (ldq == d && d % 16 == 0 && ck_avx512_enabled && has_avx512()) scores512_f32(q, nq, k, n, d, scores);
+    else
+#endif
     /* Scores for the whole group with the streaming product: each key row is read once. */
     if (ldq == d) ck_gemm_rows(q, nq, d, k, 0, n, scores, n);
     else for (int i = 0; i < nq; i++) ck_gemm_rows(q + (size_t)i * ldq, 1, d, k, 0, n, scores + (size_t)i * n, n);
@@ -579,6 +768,10 @@ void ck_attend_group(const float *q, int ldq, const float *k, const float *v, co
 void ck_attend_group_f16(const float *q, int ldq, const uint16_t *k, const uint16_t *v, const uint8_t *masks,
                          const int *maskOffsets, int nq, int n, int d, float scale, float *scores,
                          float *out, int ldo) {
+#ifdef CK_X86
+    if (ldq == d && d % 16 == 0 && ck_avx512_enabled && has_avx512()) scores512_f16(q, nq, k, n, d, scores);
+    else
+#endif
     if (ldq == d) ck_gemm_rows_f16(q, nq, d, k, 0, n, scores, n);
     else for (int i = 0; i < nq; i++) ck_gemm_rows_f16(q + (size_t)i * ldq, 1, d, k, 0, n, scores + (size_t)i * n, n);
     softmax_and_values(masks, maskOffsets, nq, n, d, scale, scores, out, ldo, NULL, v);
@@ -730,18 +923,7 @@ void ck_kv_dequant_token(const uint8_t *codes, int bits, int rows, int d, int gr
 }
 
 void ck_softmax_rows(const uint8_t *masks, const int *maskOffsets, int nq, int n, float scale, float *scores) {
-    for (int i = 0; i < nq; i++) {
-        float *s = scores + (size_t)i * n, mx = -INFINITY, sum = 0;
-        const uint8_t *m = masks + maskOffsets[i];
-        for (int j = 0; j < n; j++) {
-            s[j] = m[j] ? s[j] * scale : -INFINITY;
-            if (s[j] > mx) mx = s[j];
-        }
-        if (mx == -INFINITY) { memset(s, 0, sizeof(float) * (size_t)n); continue; }
-        for (int j = 0; j < n; j++) { float e = s[j] == -INFINITY ? 0.0f : expf(s[j] - mx); s[j] = e; sum += e; }
-        float inv = 1.0f / sum;
-        for (int j = 0; j < n; j++) s[j] *= inv;
-    }
+    for (int i = 0; i < nq; i++) softmax_row(scores + (size_t)i * n, masks + maskOffsets[i], n, scale);
 }
 
 void ck_weighted_rows_acc(const float *p, const float *v, int n, int d, float *out) {
@@ -758,4 +940,68 @@ void ck_weighted_rows_acc_f16(const float *p, const uint16_t *v, int n, int d, f
 
 void ck_f16_to_f32(const uint16_t *src, float *dst, int n) {
     for (int i = 0; i < n; i++) dst[i] = half_to_float(src[i]);
+}
+
+/* ------------------------------------------------------------------ elementwise and sampling */
+
+void ck_swiglu(float *a, const float *b, int n) {
+    int i = 0;
+#ifdef CK_X86
+    if (ck_avx512_enabled && has_avx512()) { ck_swiglu_avx512(a, b, n); return; }
+#endif
+    for (; i < n; i++) a[i] = a[i] / (1.0f + expf(-a[i])) * b[i];
+}
+
+int ck_softmax_inplace(float *x, int n) {
+#ifdef CK_X86
+    if (ck_avx512_enabled && has_avx512()) return softmax_inplace_avx512(x, n);
+#endif
+    float mx = -INFINITY, sum = 0;
+    for (int j = 0; j < n; j++) if (x[j] > mx) mx = x[j];
+    if (mx == -INFINITY) return 0;
+    for (int j = 0; j < n; j++) { float e = x[j] == -INFINITY ? 0.0f : expf(x[j] - mx); x[j] = e; sum += e; }
+    float inv = 1.0f / sum;
+    for (int j = 0; j < n; j++) x[j] *= inv;
+    return 1;
+}
+
+/* Hoare quickselect of the k-th largest (1-based) of a[0..n), in place. */
+static float quickselect_desc(float *a, int n, int k) {
+    int lo = 0, hi = n - 1, target = k - 1;
+    while (lo < hi) {
+        float pivot = a[(lo + hi) / 2];
+        int i = lo, j = hi;
+        while (i <= j) {
+            while (a[i] > pivot) i++;
+            while (a[j] < pivot) j--;
+            if (i <= j) { float t = a[i]; a[i] = a[j]; a[j] = t; i++; j--; }
+        }
+        if (target <= j) hi = j; else if (target >= i) lo = i; else break;
+    }
+    return a[target];
+}
+
+float ck_kth_largest(const float *x, int n, int k, int32_t *counts, int bins, float *scratch) {
+    /* Each round keeps only the bin that holds the k-th value; when logits cluster (a few outliers
+       stretch the range), one bin can still hold thousands, so the histogram is redone on it. */
+    const float *src = x;
+    for (int round = 0; round < 4 && n > 64; round++) {
+        float mn = src[0], mx = src[0];
+        for (int i = 1; i < n; i++) { mn = src[i] < mn ? src[i] : mn; mx = src[i] > mx ? src[i] : mx; }
+        if (mx == mn) return mx;
+        float range = mx - mn;
+        if (!isfinite(range)) break;
+        float scale = (float)bins / range, top = (float)(bins - 1);
+        memset(counts, 0, sizeof(int32_t) * (size_t)bins);
+#define CK_BIN(v) ({ float t_ = ((v) - mn) * scale; (int)(t_ < top ? (t_ > 0 ? t_ : 0) : top); })
+        for (int i = 0; i < n; i++) counts[CK_BIN(src[i])]++;
+        int b = bins - 1, above = 0;
+        while (b > 0 && above + counts[b] < k) { above += counts[b]; b--; }
+        int m = 0;   /* gathering in place (src == scratch) is safe: m <= i */
+        for (int i = 0; i < n; i++) if (CK_BIN(src[i]) == b) scratch[m++] = src[i];
+#undef CK_BIN
+        src = scratch; n = m; k -= above;
+    }
+    if (src != scratch) memcpy(scratch, src, sizeof(float) * (size_t)n);
+    return quickselect_desc(scratch, n, k);
 }

@@ -75,6 +75,31 @@ final class ConfigAndFormatTests: XCTestCase {
         XCTAssertTrue(t.guides(tokenIndex: 11)); XCTAssertFalse(t.guides(tokenIndex: 12))
     }
 
+    func testTopKThresholdMatchesSort() {
+        // The histogram select against a full sort: ties, an outlier that squeezes everything into one
+        // bin, a constant row, and sizes that are not multiples of anything.
+        var rng = RNG(seed: 11)
+        let n = 5003
+        let rows: [[Float]] = [
+            (0..<n).map { _ in rng.nextNormal() * 3 },
+            (0..<n).map { _ in (rng.nextNormal() * 2).rounded() },           // many exact ties
+            (0..<n).map { i in i == 17 ? 50 : rng.nextNormal() * 1e-3 },   // one bin holds all but one
+            [Float](repeating: 0.5, count: n),
+        ]
+        for (ri, row) in rows.enumerated() {
+            let desc = row.sorted(by: >)
+            for k in [1, 2, 7, 2000, n - 1] {
+                var s = SamplingSettings(); s.topK = k
+                let sampler = Sampler(settings: s, vocab: n)
+                var probs = [Float](repeating: 0, count: n)
+                row.withUnsafeBufferPointer { l in probs.withUnsafeMutableBufferPointer { sampler.probabilities(l.baseAddress!, into: $0.baseAddress!) } }
+                let kept = (0..<n).filter { probs[$0] > 0 }
+                let want = (0..<n).filter { row[$0] >= desc[k - 1] }
+                XCTAssertEqual(kept, want, "row \(ri) k \(k)")
+            }
+        }
+    }
+
     func testRNGIsStableAcrossRuns() {
         var a = RNG(seed: 42)
         let first = (0..<3).map { _ in a.next() }

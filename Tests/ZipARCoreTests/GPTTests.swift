@@ -1,4 +1,5 @@
 import CKernels
+import Foundation
 import XCTest
 @testable import ZipARCore
 
@@ -164,6 +165,71 @@ final class GPTTests: XCTestCase {
         for avx512 in [Int32(1), 0] {
             ck_avx512_enabled = avx512
             try checkStreamingKernel()
+        }
+    }
+
+    /// The attention kernel (scores, masked softmax, weighted values; fp32 and fp16 storage; AVX-512,
+    /// AVX2 and tails) against a Double reference, with random masks that include fully masked rows.
+    func testAttentionKernelMatchesNaive() {
+        defer { ck_avx512_enabled = 1 }
+        var rng = RNG(seed: 21)
+        for avx512 in [Int32(1), 0] {
+            ck_avx512_enabled = avx512
+            for (nq, n, d) in [(1, 1, 64), (3, 17, 64), (6, 600, 64), (2, 33, 32), (4, 100, 128), (5, 31, 40), (2, 16, 16)] {
+                let q = (0..<(nq * d)).map { _ in rng.nextNormal() }
+                let k = (0..<(n * d)).map { _ in rng.nextNormal() }, v = (0..<(n * d)).map { _ in rng.nextNormal() }
+                var masks = (0..<(nq * n)).map { _ in UInt8(rng.next() % 4 == 0 ? 0 : 1) }
+                if nq > 2 { for j in 0..<n { masks[n + j] = 0 } }       // query 1 sees nothing
+                let offsets = (0..<nq).map { Int32($0 * n) }
+                let scale = 1 / Float(d).squareRoot()
+                var want = [Double](repeating: 0, count: nq * d)
+                for i in 0..<nq {
+                    var s = [Double](repeating: -.infinity, count: n)
+                    for j in 0..<n where masks[i * n + j] != 0 {
+                        s[j] = (0..<d).reduce(0.0) { $0 + Double(q[i * d + $1]) * Double(k[j * d + $1]) } * Double(scale)
+                    }
+                    guard let mx = s.max(), mx > -.infinity else { continue }
+                    let e = s.map { $0 == -.infinity ? 0 : Foundation.exp($0 - mx) }, total = e.reduce(0, +)
+                    for j in 0..<n { for c in 0..<d { want[i * d + c] += e[j] / total * Double(v[j * d + c]) } }
+                }
+                let k16 = k.map { Float16($0).bitPattern }, v16 = v.map { Float16($0).bitPattern }
+                for half in [false, true] {
+                    var scores = [Float](repeating: 0, count: nq * n), out = [Float](repeating: 7, count: nq * d)
+                    if half { ck_attend_group_f16(q, Int32(d), k16, v16, masks, offsets, Int32(nq), Int32(n), Int32(d), scale, &scores, &out, Int32(d)) }
+                    else { ck_attend_group(q, Int32(d), k, v, masks, offsets, Int32(nq), Int32(n), Int32(d), scale, &scores, &out, Int32(d)) }
+                    let tol = half ? 2e-2 : 2e-5
+                    let err = zip(out, want).map { abs(Double($0) - $1) }.max()!
+                    XCTAssertLessThan(err, tol, "avx512=\(avx512) half=\(half) nq=\(nq) n=\(n) d=\(d)")
+                }
+            }
+        }
+    }
+
+    /// SwiGLU and the sampler's softmax (vectorised exp) against Double references, with tails.
+    func testSwiGLUAndSoftmaxKernels() {
+        defer { ck_avx512_enabled = 1 }
+        var rng = RNG(seed: 8)
+        for avx512 in [Int32(1), 0] {
+            ck_avx512_enabled = avx512
+            for n in [1, 15, 16, 37, 2048] {
+                let a = (0..<n).map { _ in rng.nextNormal() * 6 }, b = (0..<n).map { _ in rng.nextNormal() }
+                var y = a
+                Ops.swiGLU(&y, b, count: n)
+                for i in 0..<n {
+                    let x = Double(a[i]), want = x / (1 + Foundation.exp(-x)) * Double(b[i])
+                    XCTAssertEqual(Double(y[i]), want, accuracy: 1e-6 * max(1, abs(want)), "swiglu n=\(n) avx512=\(avx512)")
+                }
+                var p = a
+                for i in stride(from: 0, to: n, by: 3) where n > 1 { p[i] = -.infinity }
+                let live = p.filter { $0 > -.infinity }, mx = Double(live.max()!)
+                let total = live.reduce(0.0) { $0 + Foundation.exp(Double($1) - mx) }
+                var q = p
+                XCTAssertEqual(ck_softmax_inplace(&q, Int32(n)), 1)
+                for i in 0..<n {
+                    let want = p[i] == -.infinity ? 0 : Foundation.exp(Double(p[i]) - mx) / total
+                    if p[i] == -.infinity { XCTAssertEqual(q[i], 0) } else { XCTAssertEqual(Double(q[i]), want, accuracy: 1e-5 * max(want, 1e-3)) }
+                }
+            }
         }
     }
 

@@ -53,6 +53,15 @@ void ck_weighted_rows_acc_f16(const float *p, const uint16_t *v, int n, int d, f
 /* IEEE half -> float, n values. */
 void ck_f16_to_f32(const uint16_t *src, float *dst, int n);
 
+/* a[i] = silu(a[i]) * b[i] (the SwiGLU gate), n values. */
+void ck_swiglu(float *a, const float *b, int n);
+/* Softmax of x[0..n) in place, -inf entries exactly 0; returns 0 (x untouched) when all are -inf. */
+int ck_softmax_inplace(float *x, int n);
+/* The k-th largest (1 <= k <= n) of x[0..n), exactly: a histogram of `bins` bins between min and max
+   finds the bin that holds it, a quickselect over that bin's values (copied to scratch[n]) finishes.
+   counts is scratch [bins]. */
+float ck_kth_largest(const float *x, int n, int k, int32_t *counts, int bins, float *scratch);
+
 /* Sum of n floats, read as fast as the memory allows (bandwidth measurement). */
 float ck_stream_sum(const float *x, size_t n);
 /* Persistent worker pool (pool.c). ck_parallel runs fn(ctx, chunk, chunks, worker) for every chunk

@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 
 /// Elementwise and row-wise operations of the transformer, on raw row-major buffers.
@@ -14,12 +15,10 @@ public enum Ops {
         }
     }
 
-    /// a = silu(a) * b, the SwiGLU gate.
+    /// a = silu(a) * b, the SwiGLU gate (vectorised in C: a libm call per value cost ~0.5 ms per
+    /// 6-row GPT-B pass, on one core while the other waited).
     public static func swiGLU(_ a: UnsafeMutablePointer<Float>, _ b: UnsafePointer<Float>, count: Int) {
-        for i in 0..<count {
-            let v = a[i]
-            a[i] = v / (1 + exp(-v)) * b[i]
-        }
+        ck_swiglu(a, b, Int32(count))
     }
 
     /// GELU with the tanh approximation (PyTorch approximate="tanh"), used by the t2i caption MLP.
