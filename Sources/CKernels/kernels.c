@@ -577,83 +577,53 @@ CK_AVX512B static inline __m512 exp512(__m512 x) {
     return _mm512_scalef_ps(q, n);
 }
 
-/* Visible lanes (mask byte != 0) of 16 slots starting at m; `left` < 16 limits a tail. */
+/* The first min(left, 16) lanes. */
+static inline __mmask16 tail16(int left) { return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1); }
+
+/* Visible lanes (mask byte != 0; every lane when m is NULL) of 16 slots; `left` < 16 limits a tail. */
 CK_AVX512B static inline __mmask16 visible16(const uint8_t *m, int left) {
-    __mmask16 in = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+    if (!m) return tail16(left);
     __m128i bytes;
     if (left >= 16) bytes = _mm_loadu_si128((const __m128i *)m);
     else { uint8_t tail[16] = {0}; memcpy(tail, m, (size_t)left); bytes = _mm_loadu_si128((const __m128i *)tail); }
-    return _mm512_mask_test_epi32_mask(in, _mm512_cvtepu8_epi32(bytes), _mm512_cvtepu8_epi32(bytes));
+    return _mm512_mask_test_epi32_mask(tail16(left), _mm512_cvtepu8_epi32(bytes), _mm512_cvtepu8_epi32(bytes));
 }
 
-/* Masked, scaled softmax of one score row in place; returns 0 (row zeroed) when nothing is visible. */
+/* Masked (m NULL = all visible), scaled softmax of one row in place: invisible and -inf entries get
+   exactly 0 (a visible slot can carry a -inf score: ZipVL eviction, top-k filtering). Returns 0, with
+   the row zeroed, when nothing is left. */
 CK_AVX512B static int softmax_row_avx512(float *s, const uint8_t *m, int n, float scale) {
-    __m512 mx = _mm512_set1_ps(-INFINITY), sc = _mm512_set1_ps(scale);
+    __m512 mx = _mm512_set1_ps(-INFINITY), sc = _mm512_set1_ps(scale), ninf = mx;
     for (int j = 0; j < n; j += 16) {
-        __mmask16 k = visible16(m + j, n - j);
+        __mmask16 k = visible16(m ? m + j : NULL, n - j);
         mx = _mm512_mask_max_ps(mx, k, mx, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, s + j), sc));
     }
     float top = _mm512_reduce_max_ps(mx);
     if (top == -INFINITY) { memset(s, 0, sizeof(float) * (size_t)n); return 0; }
     __m512 t = _mm512_set1_ps(top), sum = _mm512_setzero_ps();
     for (int j = 0; j < n; j += 16) {
-        int left = n - j;
-        __mmask16 in = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
-        __mmask16 k = visible16(m + j, left);
+        __mmask16 k = visible16(m ? m + j : NULL, n - j);
         __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, s + j), sc);
-        /* A visible slot can carry a -inf score (ZipVL eviction): its probability must be exactly 0. */
-        __mmask16 live = _mm512_mask_cmp_ps_mask(k, v, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ);
+        __mmask16 live = _mm512_mask_cmp_ps_mask(k, v, ninf, _CMP_NEQ_OQ);
         __m512 e = _mm512_maskz_mov_ps(live, exp512(_mm512_sub_ps(v, t)));
-        _mm512_mask_storeu_ps(s + j, in, e);
+        _mm512_mask_storeu_ps(s + j, tail16(n - j), e);
         sum = _mm512_add_ps(sum, e);
     }
     __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
-    for (int j = 0; j < n; j += 16) {
-        int left = n - j;
-        __mmask16 in = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
-        _mm512_mask_storeu_ps(s + j, in, _mm512_mul_ps(_mm512_maskz_loadu_ps(in, s + j), inv));
-    }
+    for (int j = 0; j < n; j += 16)
+        _mm512_mask_storeu_ps(s + j, tail16(n - j), _mm512_mul_ps(_mm512_maskz_loadu_ps(tail16(n - j), s + j), inv));
     return 1;
 }
+
 /* a = silu(a) * b (SwiGLU), 16 lanes; the tail through a masked load. */
-CK_AVX512B static void ck_swiglu_avx512(float *a, const float *b, int n) {
+CK_AVX512B static void swiglu_avx512(float *a, const float *b, int n) {
     __m512 one = _mm512_set1_ps(1.0f);
     for (int i = 0; i < n; i += 16) {
-        int left = n - i;
-        __mmask16 in = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+        __mmask16 in = tail16(n - i);
         __m512 x = _mm512_maskz_loadu_ps(in, a + i), y = _mm512_maskz_loadu_ps(in, b + i);
         __m512 sig = _mm512_div_ps(x, _mm512_add_ps(one, exp512(_mm512_sub_ps(_mm512_setzero_ps(), x))));
         _mm512_mask_storeu_ps(a + i, in, _mm512_mul_ps(sig, y));
     }
-}
-
-/* Softmax of x[0..n) in place; -inf entries become exactly 0. Returns 0 when every entry is -inf. */
-CK_AVX512B static int softmax_inplace_avx512(float *x, int n) {
-    __m512 mx = _mm512_set1_ps(-INFINITY);
-    for (int j = 0; j < n; j += 16) {
-        int left = n - j;
-        __mmask16 in = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
-        mx = _mm512_mask_max_ps(mx, in, mx, _mm512_maskz_loadu_ps(in, x + j));
-    }
-    float top = _mm512_reduce_max_ps(mx);
-    if (top == -INFINITY) return 0;
-    __m512 t = _mm512_set1_ps(top), sum = _mm512_setzero_ps(), ninf = _mm512_set1_ps(-INFINITY);
-    for (int j = 0; j < n; j += 16) {
-        int left = n - j;
-        __mmask16 in = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
-        __m512 v = _mm512_maskz_loadu_ps(in, x + j);
-        __mmask16 live = _mm512_mask_cmp_ps_mask(in, v, ninf, _CMP_NEQ_OQ);
-        __m512 e = _mm512_maskz_mov_ps(live, exp512(_mm512_sub_ps(v, t)));
-        _mm512_mask_storeu_ps(x + j, in, e);
-        sum = _mm512_add_ps(sum, e);
-    }
-    __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
-    for (int j = 0; j < n; j += 16) {
-        int left = n - j;
-        __mmask16 in = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
-        _mm512_mask_storeu_ps(x + j, in, _mm512_mul_ps(_mm512_maskz_loadu_ps(in, x + j), inv));
-    }
-    return 1;
 }
 
 /* Attention scores scores[i*n + j] = q_i . k_j for a group of nq queries (d a multiple of 16). The
@@ -708,7 +678,7 @@ static int softmax_row(float *s, const uint8_t *m, int n, float scale) {
 #endif
     float mx = -INFINITY, sum = 0;
     for (int j = 0; j < n; j++) {
-        s[j] = m[j] ? s[j] * scale : -INFINITY;
+        s[j] = !m || m[j] ? s[j] * scale : -INFINITY;
         if (s[j] > mx) mx = s[j];
     }
     if (mx == -INFINITY) { memset(s, 0, sizeof(float) * (size_t)n); return 0; }
@@ -945,25 +915,13 @@ void ck_f16_to_f32(const uint16_t *src, float *dst, int n) {
 /* ------------------------------------------------------------------ elementwise and sampling */
 
 void ck_swiglu(float *a, const float *b, int n) {
-    int i = 0;
 #ifdef CK_X86
-    if (ck_avx512_enabled && has_avx512()) { ck_swiglu_avx512(a, b, n); return; }
+    if (ck_avx512_enabled && has_avx512()) { swiglu_avx512(a, b, n); return; }
 #endif
-    for (; i < n; i++) a[i] = a[i] / (1.0f + expf(-a[i])) * b[i];
+    for (int i = 0; i < n; i++) a[i] = a[i] / (1.0f + expf(-a[i])) * b[i];
 }
 
-int ck_softmax_inplace(float *x, int n) {
-#ifdef CK_X86
-    if (ck_avx512_enabled && has_avx512()) return softmax_inplace_avx512(x, n);
-#endif
-    float mx = -INFINITY, sum = 0;
-    for (int j = 0; j < n; j++) if (x[j] > mx) mx = x[j];
-    if (mx == -INFINITY) return 0;
-    for (int j = 0; j < n; j++) { float e = x[j] == -INFINITY ? 0.0f : expf(x[j] - mx); x[j] = e; sum += e; }
-    float inv = 1.0f / sum;
-    for (int j = 0; j < n; j++) x[j] *= inv;
-    return 1;
-}
+int ck_softmax_inplace(float *x, int n) { return softmax_row(x, NULL, n, 1.0f); }
 
 /* Hoare quickselect of the k-th largest (1-based) of a[0..n), in place. */
 static float quickselect_desc(float *a, int n, int k) {

@@ -55,7 +55,7 @@ void ck_f16_to_f32(const uint16_t *src, float *dst, int n);
 
 /* a[i] = silu(a[i]) * b[i] (the SwiGLU gate), n values. */
 void ck_swiglu(float *a, const float *b, int n);
-/* Softmax of x[0..n) in place, -inf entries exactly 0; returns 0 (x untouched) when all are -inf. */
+/* Softmax of x[0..n) in place, -inf entries exactly 0; returns 0 (x zeroed) when all are -inf. */
 int ck_softmax_inplace(float *x, int n);
 /* The k-th largest (1 <= k <= n) of x[0..n), exactly: a histogram of `bins` bins between min and max
    finds the bin that holds it, a quickselect over that bin's values (copied to scratch[n]) finishes.
