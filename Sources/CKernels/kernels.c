@@ -643,11 +643,11 @@ CK_AVX512B static inline __m512 reduce16(__m512 *A) {
 }
 
 #define DEFINE_SCORES512(NAME, WT, LOAD) \
-CK_AVX512B static void NAME(const float *q, int nq, const WT *k, int n, int d, float *scores) { \
+CK_AVX512B static void NAME(const float *q, int nq, const WT *k, int n, int d, float *scores, int ld) { \
     int n16 = n & ~15; \
     for (int i = 0; i < nq; i++) { \
         const float *qi = q + (size_t)i * d; \
-        float *si = scores + (size_t)i * n; \
+        float *si = scores + (size_t)i * ld; \
         for (int j0 = 0; j0 < n16; j0 += 16) {   /* constant trip counts: A stays in registers */ \
             __m512 A[16]; \
             const WT *kb = k + (size_t)j0 * d; \
@@ -710,6 +710,20 @@ static void weighted_rows_f16(const float *p, const uint16_t *v, int n, int d, f
         if (p[j] != 0.0f) for (int c = 0; c < d; c++) out[c] += p[j] * half_to_float(v[(size_t)j * d + c]);
 }
 
+void ck_attn_scores(const float *q, int nq, int d, const float *k, int n, float *scores, int ld) {
+#ifdef CK_X86
+    if (d % 16 == 0 && ck_avx512_enabled && has_avx512()) { scores512_f32(q, nq, k, n, d, scores, ld); return; }
+#endif
+    ck_gemm_rows(q, nq, d, k, 0, n, scores, ld);   /* the streaming product: each key row read once */
+}
+
+void ck_attn_scores_f16(const float *q, int nq, int d, const uint16_t *k, int n, float *scores, int ld) {
+#ifdef CK_X86
+    if (d % 16 == 0 && ck_avx512_enabled && has_avx512()) { scores512_f16(q, nq, k, n, d, scores, ld); return; }
+#endif
+    ck_gemm_rows_f16(q, nq, d, k, 0, n, scores, ld);
+}
+
 /* Masked softmax of each query's scores, then its weighted sum of value rows. */
 static void softmax_and_values(const uint8_t *masks, const int *maskOffsets, int nq, int n, int d, float scale,
                                float *scores, float *out, int ldo, const float *v, const uint16_t *v16) {
@@ -725,12 +739,7 @@ static void softmax_and_values(const uint8_t *masks, const int *maskOffsets, int
 void ck_attend_group(const float *q, int ldq, const float *k, const float *v, const uint8_t *masks,
                      const int *maskOffsets, int nq, int n, int d, float scale, float *scores,
                      float *out, int ldo) {
-#ifdef CK_X86
-    if (ldq == d && d % 16 == 0 && ck_avx512_enabled && has_avx512()) scores512_f32(q, nq, k, n, d, scores);
-    else
-#endif
-    /* Scores for the whole group with the streaming product: each key row is read once. */
-    if (ldq == d) ck_gemm_rows(q, nq, d, k, 0, n, scores, n);
+    if (ldq == d) ck_attn_scores(q, nq, d, k, n, scores, n);
     else for (int i = 0; i < nq; i++) ck_gemm_rows(q + (size_t)i * ldq, 1, d, k, 0, n, scores + (size_t)i * n, n);
     softmax_and_values(masks, maskOffsets, nq, n, d, scale, scores, out, ldo, v, NULL);
 }
@@ -738,11 +747,7 @@ void ck_attend_group(const float *q, int ldq, const float *k, const float *v, co
 void ck_attend_group_f16(const float *q, int ldq, const uint16_t *k, const uint16_t *v, const uint8_t *masks,
                          const int *maskOffsets, int nq, int n, int d, float scale, float *scores,
                          float *out, int ldo) {
-#ifdef CK_X86
-    if (ldq == d && d % 16 == 0 && ck_avx512_enabled && has_avx512()) scores512_f16(q, nq, k, n, d, scores);
-    else
-#endif
-    if (ldq == d) ck_gemm_rows_f16(q, nq, d, k, 0, n, scores, n);
+    if (ldq == d) ck_attn_scores_f16(q, nq, d, k, n, scores, n);
     else for (int i = 0; i < nq; i++) ck_gemm_rows_f16(q + (size_t)i * ldq, 1, d, k, 0, n, scores + (size_t)i * n, n);
     softmax_and_values(masks, maskOffsets, nq, n, d, scale, scores, out, ldo, NULL, v);
 }

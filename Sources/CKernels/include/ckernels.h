@@ -32,6 +32,11 @@ void ck_attend_group_f16(const float *q, int ldq, const uint16_t *k, const uint1
                          const int *maskOffsets, int nq, int n, int d, float scale, float *scores,
                          float *out, int ldo);
 
+/* Attention scores of nq contiguous queries [nq, d] against n key rows [n, d] (fp32 or fp16):
+   scores[i*ld + j] = q_i . k_j. */
+void ck_attn_scores(const float *q, int nq, int d, const float *k, int n, float *scores, int ld);
+void ck_attn_scores_f16(const float *q, int nq, int d, const uint16_t *k, int n, float *scores, int ld);
+
 /* Float -> IEEE half (round to nearest even), n values. */
 void ck_f32_to_f16(const float *src, uint16_t *dst, int n);
 

@@ -258,7 +258,7 @@ final class QuantizedKV: KVStorage {
             let sb = sealedBlock(b, storedLayer, k)
             dequantKeys(sb, head, into: buf)
             if let pr, let m = merged[(b * layers + pr.first) * blocks.count + k] { m.restore(kv: 0, second: pr.second, head: head, rows: buf, len: len) }
-            ck_gemm_rows(q, Int32(nq), Int32(hd), buf, 0, Int32(len), scores + blk.start, Int32(n))
+            ck_attn_scores(q, Int32(nq), Int32(hd), buf, Int32(len), scores + blk.start, Int32(n))
             // ZipVL: evicted tokens are not attended (sparse attention).
             if sb.layout.evicted > 0, let ids = sb.ids {
                 for e in sb.layout.kept..<(sb.layout.kept + sb.layout.evicted) where Int(ids[e]) < len {
@@ -266,7 +266,7 @@ final class QuantizedKV: KVStorage {
                 }
             }
         }
-        if nRecent > 0 { ck_gemm_rows_f16(q, Int32(nq), Int32(hd), rk, 0, Int32(nRecent), scores + recentStart, Int32(n)) }
+        if nRecent > 0 { ck_attn_scores_f16(q, Int32(nq), Int32(hd), rk, Int32(nRecent), scores + recentStart, Int32(n)) }
         ck_softmax_rows(masks, maskOffsets, Int32(nq), Int32(n), scale, scores)
         // Saliency: attention received by each open slot (sealed slots are already split).
         if scored && nRecent > 0 {
