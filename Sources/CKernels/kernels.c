@@ -822,37 +822,60 @@ CK_AVX2 static inline __m256 codes8_avx2(const uint8_t *src, int bits, int d, in
     return _mm256_cvtepi32_ps(v);
 }
 
-/* Same arithmetic as the portable loops (multiply, then add: no FMA, so both paths agree). */
-CK_AVX2 static void dequant_channel_avx2(const uint8_t *codes, int bits, int rows, int d, const float *s, const float *m,
-                                         const uint16_t *ids, float *out) {
-    size_t rb = (size_t)bits * (size_t)d / 8;
-    for (int r = 0; r < rows; r++) {
-        float *o = out + (size_t)(ids ? ids[r] : r) * d;
-        const uint8_t *src = codes + r * rb;
-        for (int c = 0; c < d; c += 8)
-            _mm256_storeu_ps(o + c, _mm256_add_ps(_mm256_mul_ps(codes8_avx2(src, bits, d, c), _mm256_loadu_ps(s + c)), _mm256_loadu_ps(m + c)));
-    }
+/* Codes of channels c..c+15 as floats (AVX-512; one plane when d/4 or d/2 is a multiple of 16). */
+__attribute__((target("avx512f,avx2,fma,f16c"))) static inline __m512 codes16_avx512(const uint8_t *src, int bits, int d, int c) {
+    int plane = 0, width = d, mask = 255;
+    if (bits == 4) { width = d / 2; mask = 15; }
+    else if (bits == 2) { width = d / 4; mask = 3; }
+    if (bits != 8) plane = c / width;
+    __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(src + c - plane * width)));
+    v = _mm512_and_si512(_mm512_srl_epi32(v, _mm_cvtsi32_si128(plane * bits)), _mm512_set1_epi32(mask));
+    return _mm512_cvtepi32_ps(v);
 }
 
-CK_AVX2 static void dequant_token_avx2(const uint8_t *codes, int bits, int rows, int d, int group, const uint16_t *params,
-                                       int paramStride, const float *cs, const uint16_t *ids, float *out) {
-    int groups = d / group;
-    size_t rb = (size_t)bits * (size_t)d / 8;
-    for (int r = 0; r < rows; r++) {
-        float *o = out + (size_t)(ids ? ids[r] : r) * d;
-        const uint8_t *src = codes + r * rb;
-        const uint16_t *p = params + (size_t)r * paramStride;
-        for (int g = 0; g < groups; g++) {
-            __m256 mn = _mm256_set1_ps(half_to_float(p[g])), st = _mm256_set1_ps(half_to_float(p[groups + g]));
-            for (int c = g * group; c < (g + 1) * group; c += 8) {
-                __m256 x = _mm256_add_ps(_mm256_mul_ps(codes8_avx2(src, bits, d, c), st), mn);
-                if (cs) x = _mm256_mul_ps(x, _mm256_loadu_ps(cs + c));
-                _mm256_storeu_ps(o + c, x);
-            }
-        }
-    }
+/* Dequantization with W-lane vectors (8: AVX2, 16: AVX-512). Same arithmetic as the portable loops
+   (multiply, then add: no FMA, so every path gives the same floats). */
+#define DEFINE_DEQUANT(SUF, TARGET, VEC, W, CODES, LOAD, SET1, ADD, MUL, STORE)                          \
+TARGET static void dequant_channel_##SUF(const uint8_t *codes, int bits, int rows, int d, const float *s, \
+                                         const float *m, const uint16_t *ids, float *out) {              \
+    size_t rb = (size_t)bits * (size_t)d / 8;                                                            \
+    for (int r = 0; r < rows; r++) {                                                                     \
+        float *o = out + (size_t)(ids ? ids[r] : r) * d;                                                 \
+        const uint8_t *src = codes + r * rb;                                                             \
+        for (int c = 0; c < d; c += W) STORE(o + c, ADD(MUL(CODES(src, bits, d, c), LOAD(s + c)), LOAD(m + c))); \
+    }                                                                                                    \
+}                                                                                                        \
+TARGET static void dequant_token_##SUF(const uint8_t *codes, int bits, int rows, int d, int group,       \
+                                       const uint16_t *params, int paramStride, const float *cs,         \
+                                       const uint16_t *ids, float *out) {                                \
+    int groups = d / group;                                                                              \
+    size_t rb = (size_t)bits * (size_t)d / 8;                                                            \
+    for (int r = 0; r < rows; r++) {                                                                     \
+        float *o = out + (size_t)(ids ? ids[r] : r) * d;                                                 \
+        const uint8_t *src = codes + r * rb;                                                             \
+        const uint16_t *p = params + (size_t)r * paramStride;                                            \
+        for (int g = 0; g < groups; g++) {                                                               \
+            VEC mn = SET1(half_to_float(p[g])), st = SET1(half_to_float(p[groups + g]));                  \
+            for (int c = g * group; c < (g + 1) * group; c += W) {                                       \
+                VEC x = ADD(MUL(CODES(src, bits, d, c), st), mn);                                        \
+                if (cs) x = MUL(x, LOAD(cs + c));                                                        \
+                STORE(o + c, x);                                                                         \
+            }                                                                                            \
+        }                                                                                                \
+    }                                                                                                    \
 }
+DEFINE_DEQUANT(avx2, CK_AVX2, __m256, 8, codes8_avx2, _mm256_loadu_ps, _mm256_set1_ps, _mm256_add_ps, _mm256_mul_ps, _mm256_storeu_ps)
+DEFINE_DEQUANT(avx512, __attribute__((target("avx512f,avx2,fma,f16c"))), __m512, 16, codes16_avx512, _mm512_loadu_ps, _mm512_set1_ps, _mm512_add_ps, _mm512_mul_ps, _mm512_storeu_ps)
 #endif
+
+/* The AVX-512 path: 16 channels per step in one code plane, groups of whole vectors. */
+static int simd512_layout_ok(int bits, int d, int group) {
+#ifdef CK_X86
+    return ck_avx512_enabled && has_avx512() && d % 64 == 0 && group % 16 == 0 && (bits == 2 || bits == 4 || bits == 8);
+#else
+    return 0;
+#endif
+}
 
 static int simd_layout_ok(int bits, int d, int group) {
     return d % 32 == 0 && group % 8 == 0 && (bits == 2 || bits == 4 || bits == 8);
@@ -863,6 +886,7 @@ void ck_kv_dequant_channel(const uint8_t *codes, int bits, int rows, int d, cons
     float m[512], s[512];
     for (int c = 0; c < d; c++) { m[c] = half_to_float(mn[c]); s[c] = half_to_float(st[c]); }
 #ifdef CK_X86
+    if (simd512_layout_ok(bits, d, 16)) { dequant_channel_avx512(codes, bits, rows, d, s, m, ids, out); return; }
     if (ck_has_avx2_fma() && simd_layout_ok(bits, d, 8)) { dequant_channel_avx2(codes, bits, rows, d, s, m, ids, out); return; }
 #endif
     size_t rb = (size_t)bits * (size_t)d / 8;
@@ -878,6 +902,10 @@ void ck_kv_dequant_token(const uint8_t *codes, int bits, int rows, int d, int gr
     float cs[512];
     if (chanScale) for (int c = 0; c < d; c++) cs[c] = half_to_float(chanScale[c]);
 #ifdef CK_X86
+    if (simd512_layout_ok(bits, d, group)) {
+        dequant_token_avx512(codes, bits, rows, d, group, params, paramStride, chanScale ? cs : NULL, ids, out);
+        return;
+    }
     if (ck_has_avx2_fma() && simd_layout_ok(bits, d, group)) {
         dequant_token_avx2(codes, bits, rows, d, group, params, paramStride, chanScale ? cs : NULL, ids, out);
         return;

@@ -107,8 +107,16 @@ final class KVCacheQuantTests: XCTestCase {
     /// The C dequantizers rebuild what the Swift quantizer encoded (fp16 parameters, planar codes,
     /// permuted ids): every element is within half a step of the input (plus fp16 rounding).
     func testDequantKernelsMatchQuantizer() {
+        defer { ck_avx512_enabled = 1 }
+        for avx512 in [Int32(1), 0] {
+            ck_avx512_enabled = avx512
+            checkDequantKernels()
+        }
+    }
+
+    func checkDequantKernels() {
         var rng = RNG(seed: 5)
-        for d in [16, 64, 100] {
+        for d in [16, 64, 100, 128] {
             for bits in [2, 4, 8] {
                 let rows = 12, x = randomKV(&rng, rows * d)
                 // Channel-wise, rows written to permuted slots.
