@@ -51,6 +51,8 @@ struct BenchCommand: ParsableCommand {
     var calib: Int = 1
     @Flag(help: "Only compare the decode kernel with OpenBLAS sgemm/sgemv on a 201 MB weight, by row count.")
     var kernels = false
+    @Flag(help: "Only compare single VQ decoder convolutions, fp32 (im2col + sgemm) against INT8 (the int8-mae kernel), by shape.")
+    var convKernels = false
 
     func validate() throws {
         guard runs >= 1, runs <= 100 else { throw ValidationError("--runs must be between 1 and 100") }
@@ -73,6 +75,7 @@ struct BenchCommand: ParsableCommand {
     func run() throws {
         modelOptions.apply()
         if kernels { return runKernels() }
+        if convKernels { return try runConvKernels() }
         // One model per weight scheme, each built from the same fp32 weights and quantized in memory.
         var schemeList = try schemes.map { try parseSchemes($0) } ?? []
         var vq: VQDecoder? = nil
@@ -264,6 +267,33 @@ struct BenchCommand: ParsableCommand {
         if json {
             let data = try JSONSerialization.data(withJSONObject: report, options: [.prettyPrinted, .sortedKeys])
             print(String(decoding: data, as: UTF8.self))
+        }
+    }
+
+    /// One convolution at a time (random weights and input, the INT8 one at the abs-max range), fp32 and
+    /// INT8 alternating, median of 5; the shapes of VQ-16's decoder at 256x256 and of the default model's.
+    func runConvKernels() throws {
+        var rng = RNG(seed: 1)
+        func rand(_ shape: [Int], _ scale: Float) -> Tensor {
+            let t = Tensor(shape: shape)
+            for i in 0..<t.count { t.data[i] = scale * (2 * Float(rng.nextUniform()) - 1) }
+            return t
+        }
+        print("shape (cout x cin x k, HxW)      fp32 ms   int8 ms   speed-up   int8 GOP/s")
+        for (cout, cin, k, side) in [(128, 128, 3, 256), (128, 256, 3, 128), (256, 256, 3, 64), (512, 512, 3, 16), (128, 256, 1, 128), (64, 64, 3, 64), (3, 64, 3, 64)] {
+            let w = rand([cout, cin, k, k], (3 / Float(cin * k * k)).squareRoot()), b = rand([cout], 0.01), x = rand([cin, side, side], 1)
+            let (q, ws) = QuantizedConv.quantizeWeights(w)
+            let (s, z) = QuantizedConv.activationCandidate(lo: -1, hi: 1, ratio: 1)
+            let conv = Conv2D(weight: w, bias: b, quantized: try QuantizedConv(outChannels: cout, inChannels: cin, kernel: k, qweight: q, wscales: ws, inputScale: s, inputZero: z))
+            let out = Tensor(shape: [cout, side, side]), scratch = ConvScratch()
+            var tf: [Double] = [], tq: [Double] = []
+            conv.applyFloat(x, into: out, scratch: scratch); conv.apply(x, into: out, scratch: scratch)
+            for _ in 0..<5 {
+                tf.append(Measure.time { conv.applyFloat(x, into: out, scratch: scratch) })
+                tq.append(Measure.time { conv.apply(x, into: out, scratch: scratch) })
+            }
+            let f = Measure.median(tf), i8 = Measure.median(tq), ops = 2 * Double(cout * cin * k * k * side * side)
+            print(String(format: "%4d x %4d x %d, %3dx%-3d          %8.2f  %8.2f   %6.2fx   %8.0f", cout, cin, k, side, side, f * 1e3, i8 * 1e3, f / i8, ops / i8 / 1e9))
         }
     }
 

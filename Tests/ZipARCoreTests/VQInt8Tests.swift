@@ -159,6 +159,7 @@ final class VQInt8Tests: XCTestCase {
         try runZipar(["quantize", "--model", Self.modelPath, "--scheme", "fp32", "-o", tmp + "/x"], expect: 2)
         try runZipar(["quantize", "--model", Self.modelPath, "--decoder", "int4", "-o", tmp + "/x"], expect: 2)
         XCTAssertTrue(try runZipar(["quantize", "--model", tmp + "/d", "--decoder", "int8-mae", "-o", tmp + "/x"], expect: 1).err.contains("already INT8"))
+        XCTAssertTrue(try runZipar(["quantize", "--model", Self.modelPath, "--decoder", "int8-mae", "--decoder-keep-fp32", "decoder.conv_outt", "--calib", "1", "-o", tmp + "/x"], expect: 1).err.contains("no convolution named 'decoder.conv_outt'"))
         XCTAssertFalse(FileManager.default.fileExists(atPath: tmp + "/x"))
     }
 }

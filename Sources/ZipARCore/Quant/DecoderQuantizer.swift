@@ -39,6 +39,10 @@ public enum DecoderQuantizer {
                                 log: ((String) -> Void)? = nil) throws -> [LayerReport] {
         guard !latents.isEmpty else { throw ZipARError("decoder calibration needs at least one latent") }
         guard !dec.isQuantized else { throw ZipARError("the VQ decoder is already quantized") }
+        let names = Set(dec.convs.map { $0.name })
+        if let bad = settings.keepFloat.sorted().first(where: { !names.contains($0) }) {
+            throw ZipARError("the VQ decoder has no convolution named '\(bad)' (names look like decoder.conv_out, decoder.mid.0.conv1)")
+        }
         let convs = targets(dec, keepFloat: settings.keepFloat)
         let scratch = ConvScratch()
         var reports: [LayerReport] = []
@@ -59,15 +63,16 @@ public enum DecoderQuantizer {
             let (qw, ws) = QuantizedConv.quantizeWeights(conv.weight, candidates: settings.candidates)
             // 4. input range by output MAE.
             var lo = Float.infinity, hi = -Float.infinity
-            for x in xq { for i in 0..<x.count { lo = min(lo, x.data[i]); hi = max(hi, x.data[i]) } }
+            for x in xq { for v in x.buffer { lo = min(lo, v); hi = max(hi, v) } }
             guard lo.isFinite, hi.isFinite else { throw ZipARError("calibration: non-finite input to \(conv.name)") }
             var best: (q: QuantizedConv, ratio: Float, mae: Double)? = nil
             let outs = targets.map { Tensor(shape: $0.shape) }
+            let base = try QuantizedConv(outChannels: conv.outChannels, inChannels: conv.inChannels, kernel: conv.kernel,
+                                         qweight: qw, wscales: ws, inputScale: 1, inputZero: 0)
             for i in 0..<settings.candidates {
                 let r = 1 - 0.01 * Float(i)
                 let (s, z) = QuantizedConv.activationCandidate(lo: lo, hi: hi, ratio: r)
-                let q = try QuantizedConv(outChannels: conv.outChannels, inChannels: conv.inChannels, kernel: conv.kernel,
-                                          qweight: qw, wscales: ws, inputScale: s, inputZero: z)
+                let q = try QuantizedConv(base, inputScale: s, inputZero: z)
                 var err = 0.0, n = 0
                 for (si, x) in xq.enumerated() {
                     q.apply(x, bias: conv.bias, into: outs[si], accumulate: false, scratch: scratch)

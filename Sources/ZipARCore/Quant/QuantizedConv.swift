@@ -42,6 +42,14 @@ public final class QuantizedConv {
         self.wk = wk; self.wsum = ws
     }
 
+    /// The same weights with another input range (calibration tries many; the weight re-layout is reused).
+    public init(_ other: QuantizedConv, inputScale: Float, inputZero: Int) throws {
+        guard inputScale.isFinite, inputScale > 0, (0...255).contains(inputZero) else { throw ZipARError("bad input range \(inputScale), \(inputZero)") }
+        outChannels = other.outChannels; inChannels = other.inChannels; kernel = other.kernel
+        qweight = other.qweight; wscales = other.wscales; wk = other.wk; wsum = other.wsum
+        self.inputScale = inputScale; self.inputZero = inputZero
+    }
+
     /// The float weights the kernel effectively uses [out, in, k, k].
     public func dequantizedWeight() -> Tensor {
         let t = Tensor(shape: [outChannels, inChannels, kernel, kernel])
