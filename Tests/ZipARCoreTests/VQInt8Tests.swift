@@ -17,7 +17,9 @@ final class VQInt8Tests: XCTestCase {
     /// Every shape class of the packing (16-pixel groups inside a row, at the edges, wrapping rows,
     /// a partial last group) and of the kernel (channel and pixel remainders), on each kernel level.
     func testInt8ConvMatchesIntegerReference() throws {
-        defer { ck_qkernel_force(-1) }
+        let integer = QuantizedConv.integerPath
+        defer { ck_qkernel_force(-1); QuantizedConv.integerPath = integer }
+        QuantizedConv.integerPath = true
         var rng = RNG(seed: 5)
         for (cout, cin, k, h, w) in [(7, 8, 3, 4, 32), (13, 12, 3, 5, 20), (3, 16, 3, 3, 7), (16, 8, 1, 6, 16), (6, 4, 3, 17, 48)] {
             let x = randomTensor([cin, h, w], &rng, scale: 2)
@@ -54,6 +56,12 @@ final class VQInt8Tests: XCTestCase {
                 outs.append(out.array)
             }
             XCTAssertEqual(outs[0], outs[1], "kernel levels disagree")
+            // The sgemm fallback (CPUs without VNNI): the same numbers up to fp32 rounding.
+            QuantizedConv.integerPath = false
+            let fb = Tensor(shape: [cout, h, w])
+            q.apply(x, bias: bias, into: fb, accumulate: false, scratch: ConvScratch())
+            QuantizedConv.integerPath = true
+            for i in 0..<fb.count { XCTAssertEqual(fb.data[i], outs[1][i], accuracy: 1e-5 * max(1, abs(outs[1][i]))) }
             // And it is the convolution: close to fp32 with the dequantized weights.
             let ref = Conv2D(weight: q.dequantizedWeight(), bias: bias)(x.reshaped(x.shape), scratch: ConvScratch())
             let xc = Tensor(shape: x.shape)

@@ -92,11 +92,26 @@ public final class QuantizedConv {
 
     // MARK: compute
 
+    /// Whether apply runs the integer kernel. Without AVX-512 VNNI the portable C kernel is several times
+    /// slower than sgemm, so there the same quantized numbers (UINT8 input, INT8 weights, dequantized) go
+    /// through im2col + sgemm instead: the same result up to fp32 rounding, at fp32 speed. Tests set it.
+    public static var integerPath = ck_qkernel_level() == 2
+    private var dequantized: Tensor?
+
     /// out = conv(x) + bias (or out += ... when accumulate). x: [Cin, H, W], out: [Cout, H, W].
-    /// accumulators (tests): the exact int32 sums, [Cout, H*W].
+    /// accumulators (tests): the exact int32 sums, [Cout, H*W] (always the integer kernel).
     public func apply(_ x: Tensor, bias: Tensor, into out: Tensor, accumulate: Bool, scratch: ConvScratch,
                       accumulators: UnsafeMutablePointer<Int32>? = nil) {
         let h = x.shape[1], w = x.shape[2], hw = h * w, K = kdim
+        if !QuantizedConv.integerPath && accumulators == nil {
+            let u = scratch.bytes(slot: 1, count: x.count)
+            ck_conv_quantize(x.data, x.count, 1 / inputScale, Int32(inputZero), u)
+            let xd = Tensor(shape: x.shape)
+            for i in 0..<x.count { xd.data[i] = inputScale * Float(Int(u[i]) - inputZero) }
+            if dequantized == nil { dequantized = dequantizedWeight() }
+            Conv2D(weight: dequantized!, bias: bias).applyFloat(xd, into: out, accumulate: accumulate, scratch: scratch)
+            return
+        }
         let planes = scratch.bytes(slot: 1, count: inChannels * hw)
         let inv = 1 / inputScale, zero = Int32(inputZero)
         // Quantize the input planes (split by channels).
