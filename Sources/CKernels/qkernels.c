@@ -432,3 +432,209 @@ void ck_qgemm_w8(const int8_t *xq, const float *sx, const int32_t *gsum, int m, 
 #endif
     w8_generic(xq, sx, gsum, m, k, packed, rowscale, n, b0, b1, y, ldy, accOut, ldacc);
 }
+
+/* ------------------------------------------------------------------ INT8 convolution (VQ decoder)
+   Decoder convolutions have many output pixels (M up to 65536 per image) and small weights
+   (<= 2.4 MB), the opposite of the decode-pass Linears above: here a weight tile stays in L1 while
+   the packed activations of a few pixel groups stay in L2, and each vpdpbusd does 16 pixels x 4
+   K values for one output channel (pixels in the lanes, weights broadcast). The unsigned operand of
+   vpdpbusd is the activation, so activations are UINT8 with a zero point and weights signed INT8,
+   and the instruction does not saturate: the int32 sums are exact. */
+
+#ifdef QK_X86
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void conv_quantize_avx512(const float *x, size_t count, float inv_scale,
+                                                                                 int zero, uint8_t *q) {
+    __m512 vi = _mm512_set1_ps(inv_scale), vz = _mm512_set1_ps((float)zero), v0 = _mm512_setzero_ps(), v255 = _mm512_set1_ps(255.0f);
+    size_t i = 0;
+    for (; i + 16 <= count; i += 16) {
+        __m512 v = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_loadu_ps(x + i), vi), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        v = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(v, vz), v0), v255);
+        _mm_storeu_si128((__m128i *)(q + i), _mm512_cvtusepi32_epi8(_mm512_cvtps_epu32(v)));
+    }
+    for (; i < count; i++) {
+        float v = nearbyintf(x[i] * inv_scale) + (float)zero;
+        v = v > 0.0f ? v : 0.0f;
+        v = v < 255.0f ? v : 255.0f;
+        q[i] = (uint8_t)v;
+    }
+}
+#endif
+
+void ck_conv_quantize(const float *x, size_t count, float inv_scale, int zero, uint8_t *q) {
+    size_t i = 0;
+#ifdef QK_X86
+    if (ck_qkernel_level() == 2) {
+        conv_quantize_avx512(x, count, inv_scale, zero, q);
+        return;
+    }
+#endif
+    for (; i < count; i++) {
+        float v = nearbyintf(x[i] * inv_scale) + (float)zero;
+        v = v > 0.0f ? v : 0.0f;     /* NaN -> 0, as the vector max */
+        v = v < 255.0f ? v : 255.0f;
+        q[i] = (uint8_t)v;
+    }
+}
+
+/* 4 planes x 16 bytes -> 16 pixels x 4 bytes (the cols chunk layout). */
+static inline void transpose4x16(const uint8_t *a, const uint8_t *b, const uint8_t *c, const uint8_t *d, uint8_t *out) {
+#ifdef QK_X86
+    __m128i va = _mm_loadu_si128((const __m128i *)a), vb = _mm_loadu_si128((const __m128i *)b);
+    __m128i vc = _mm_loadu_si128((const __m128i *)c), vd = _mm_loadu_si128((const __m128i *)d);
+    __m128i ab0 = _mm_unpacklo_epi8(va, vb), ab1 = _mm_unpackhi_epi8(va, vb);
+    __m128i cd0 = _mm_unpacklo_epi8(vc, vd), cd1 = _mm_unpackhi_epi8(vc, vd);
+    _mm_storeu_si128((__m128i *)out, _mm_unpacklo_epi16(ab0, cd0));
+    _mm_storeu_si128((__m128i *)(out + 16), _mm_unpackhi_epi16(ab0, cd0));
+    _mm_storeu_si128((__m128i *)(out + 32), _mm_unpacklo_epi16(ab1, cd1));
+    _mm_storeu_si128((__m128i *)(out + 48), _mm_unpackhi_epi16(ab1, cd1));
+#else
+    for (int t = 0; t < 16; t++) { out[4 * t] = a[t]; out[4 * t + 1] = b[t]; out[4 * t + 2] = c[t]; out[4 * t + 3] = d[t]; }
+#endif
+}
+
+void ck_conv_pack(const uint8_t *q, int C, int H, int W, int k, int zero, int g0, int g1, uint8_t *cols) {
+    int pad = k / 2, c4n = C / 4, npix = H * W;
+    size_t hw = (size_t)H * W, gbytes = (size_t)k * k * c4n * 64;
+    for (int g = g0; g < g1; g++) {
+        uint8_t *dst = cols + (size_t)(g - g0) * gbytes;
+        int p0 = 16 * g;
+        if (p0 + 16 <= npix && p0 % W + 16 <= W) {
+            /* The usual case: 16 pixels of one image row; each (ky, kx) is a shifted row of every plane. */
+            int y = p0 / W, x0 = p0 % W;
+            for (int ky = 0; ky < k; ky++) {
+                int sy = y + ky - pad;
+                for (int kx = 0; kx < k; kx++) {
+                    uint8_t *d = dst + (size_t)(ky * k + kx) * c4n * 64;
+                    int sx0 = x0 + kx - pad;
+                    if (sy < 0 || sy >= H) { memset(d, zero, (size_t)c4n * 64); continue; }
+                    if (sx0 >= 0 && sx0 + 16 <= W) {
+                        const uint8_t *src = q + (size_t)sy * W + sx0;
+                        for (int c4 = 0; c4 < c4n; c4++) {
+                            const uint8_t *s = src + (size_t)4 * c4 * hw;
+                            transpose4x16(s, s + hw, s + 2 * hw, s + 3 * hw, d + (size_t)c4 * 64);
+                        }
+                    } else {
+                        for (int c = 0; c < C; c++)
+                            for (int t = 0; t < 16; t++) {
+                                int sx = sx0 + t;
+                                d[(size_t)(c / 4) * 64 + 4 * t + c % 4] = sx >= 0 && sx < W ? q[c * hw + (size_t)sy * W + sx] : (uint8_t)zero;
+                            }
+                    }
+                }
+            }
+            continue;
+        }
+        /* Groups that wrap a row (W not a multiple of 16) or run past the image: pixel by pixel. */
+        for (int t = 0; t < 16; t++) {
+            int p = p0 + t, y = p / W, x = p % W;
+            for (int ky = 0; ky < k; ky++)
+                for (int kx = 0; kx < k; kx++) {
+                    int sy = y + ky - pad, sx = x + kx - pad;
+                    int inside = p < npix && sy >= 0 && sy < H && sx >= 0 && sx < W;
+                    uint8_t *d = dst + (size_t)(ky * k + kx) * c4n * 64 + 4 * t;
+                    for (int c = 0; c < C; c++)
+                        d[(size_t)(c / 4) * 64 + c % 4] = p >= npix ? 0 : inside ? q[c * hw + (size_t)sy * W + sx] : (uint8_t)zero;
+                }
+        }
+    }
+}
+
+static void conv_gemm_generic(const uint8_t *cols, int g0, int g1, int npix, int K, const int8_t *w, const int32_t *wsum,
+                              const float *ws, const float *bias, float sx, int zero, int cout, float *out, int ldo,
+                              int accumulate, int32_t *accOut) {
+    for (int g = g0; g < g1; g++) {
+        const uint8_t *a = cols + (size_t)(g - g0) * K * 16;
+        for (int c = 0; c < cout; c++) {
+            const int8_t *wr = w + (size_t)c * K;
+            float scale = sx * ws[c];
+            for (int t = 0; t < 16; t++) {
+                int p = 16 * g + t;
+                if (p >= npix) break;
+                int32_t acc = 0;
+                for (int j = 0; j < K / 4; j++)
+                    for (int e = 0; e < 4; e++) acc += (int32_t)a[(size_t)j * 64 + 4 * t + e] * wr[4 * j + e];
+                acc -= zero * wsum[c];
+                float v = (float)acc * scale;
+                v = v + bias[c];
+                float *o = out + (size_t)c * ldo + p;
+                *o = accumulate ? *o + v : v;
+                if (accOut) accOut[(size_t)c * ldo + p] = acc;
+            }
+        }
+    }
+}
+
+#ifdef QK_X86
+#define QC_MC 6   /* output channels per register tile */
+#define QC_NP 4   /* 16-pixel groups per register tile: 24 accumulators + 4 activation registers */
+
+QK_INLINE QK_VNNI void conv_tile_vnni(int MC, int NP, const uint8_t *a, size_t gbytes, int K, const int8_t *w,
+                                      const int32_t *wsum, const float *ws, const float *bias, float sx, int zero,
+                                      int c0, int p0, int npix, float *out, int ldo, int accumulate, int32_t *accOut) {
+    __m512i acc[QC_MC][QC_NP];
+    for (int c = 0; c < MC; c++) for (int p = 0; p < NP; p++) acc[c][p] = _mm512_setzero_si512();
+    for (int j = 0; j < K / 4; j++) {
+        __m512i x[QC_NP];
+        for (int p = 0; p < NP; p++) x[p] = _mm512_loadu_si512((const void *)(a + p * gbytes + (size_t)j * 64));
+        for (int c = 0; c < MC; c++) {
+            __m512i wb = _mm512_set1_epi32(load4(w + (size_t)(c0 + c) * K + 4 * j));
+            for (int p = 0; p < NP; p++) acc[c][p] = _mm512_dpbusd_epi32(acc[c][p], x[p], wb);
+        }
+    }
+    for (int c = 0; c < MC; c++) {
+        int ch = c0 + c;
+        __m512i corr = _mm512_set1_epi32(zero * wsum[ch]);
+        __m512 scale = _mm512_set1_ps(sx * ws[ch]), b = _mm512_set1_ps(bias[ch]);
+        for (int p = 0; p < NP; p++) {
+            int px = p0 + 16 * p;
+            if (px >= npix) break;
+            __mmask16 mask = npix - px >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (npix - px)) - 1);
+            __m512i v = _mm512_sub_epi32(acc[c][p], corr);
+            __m512 y = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(v), scale), b);
+            float *o = out + (size_t)ch * ldo + px;
+            if (accumulate) y = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, o), y);
+            _mm512_mask_storeu_ps(o, mask, y);
+            if (accOut) _mm512_mask_storeu_epi32(accOut + (size_t)ch * ldo + px, mask, v);
+        }
+    }
+}
+
+QK_VNNI static void conv_gemm_vnni(const uint8_t *cols, int g0, int g1, int npix, int K, const int8_t *w, const int32_t *wsum,
+                                   const float *ws, const float *bias, float sx, int zero, int cout, float *out, int ldo,
+                                   int accumulate, int32_t *accOut) {
+    size_t gbytes = (size_t)K * 16;
+    /* Channel tiles outside: a tile's weights (<= 6 x K bytes) stay in L1 across the pixel groups,
+       whose packed activations (the caller passes a few groups) stay in L2. */
+    for (int c0 = 0; c0 < cout; c0 += QC_MC) {
+        int mc = cout - c0 < QC_MC ? cout - c0 : QC_MC;
+        for (int g = g0; g < g1; g += QC_NP) {
+            int np = g1 - g < QC_NP ? g1 - g : QC_NP;
+            const uint8_t *a = cols + (size_t)(g - g0) * gbytes;
+#define QC_CALL(MC, NP) conv_tile_vnni(MC, NP, a, gbytes, K, w, wsum, ws, bias, sx, zero, c0, 16 * g, npix, out, ldo, accumulate, accOut)
+#define QC_NPS(MC) switch (np) { case 1: QC_CALL(MC, 1); break; case 2: QC_CALL(MC, 2); break; case 3: QC_CALL(MC, 3); break; default: QC_CALL(MC, 4); break; }
+            switch (mc) {
+            case 1: QC_NPS(1) break; case 2: QC_NPS(2) break; case 3: QC_NPS(3) break;
+            case 4: QC_NPS(4) break; case 5: QC_NPS(5) break; default: QC_NPS(6) break;
+            }
+#undef QC_NPS
+#undef QC_CALL
+        }
+    }
+}
+#endif
+
+void ck_conv_gemm(const uint8_t *cols, int g0, int g1, int npix, int K, const int8_t *w, const int32_t *wsum,
+                  const float *ws, const float *bias, float sx, int zero, int cout, float *out, int ldo,
+                  int accumulate, int32_t *accOut) {
+#ifdef QK_X86
+    if (ck_qkernel_level() == 2) { conv_gemm_vnni(cols, g0, g1, npix, K, w, wsum, ws, bias, sx, zero, cout, out, ldo, accumulate, accOut); return; }
+#endif
+    conv_gemm_generic(cols, g0, g1, npix, K, w, wsum, ws, bias, sx, zero, cout, out, ldo, accumulate, accOut);
+}
+
+double ck_sum_abs_diff(const float *a, const float *b, size_t n) {
+    double s = 0;
+    if (b) for (size_t i = 0; i < n; i++) s += fabsf(a[i] - b[i]);
+    else for (size_t i = 0; i < n; i++) s += fabsf(a[i]);
+    return s;
+}

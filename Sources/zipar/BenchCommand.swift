@@ -35,6 +35,12 @@ struct BenchCommand: ParsableCommand {
     var noPasses = false
     @Flag(help: "Skip the VQ decoder timing.")
     var noVq = false
+    @Flag(help: "Also time an INT8 copy of the VQ decoder (int8-mae, calibrated in memory on --calib random code grids) alternately with fp32, with PSNR against fp32 on 4 held-out random grids.")
+    var vqInt8 = false
+    @Flag(help: "Only the VQ decoder timing (skip the transformer).")
+    var vqOnly = false
+    @Option(help: "With --vq-int8: side of the random calibration grids (default: the bench grid, at most 4 for the VQ-16 sized random-init decoder).")
+    var vqCalibGrid: Int?
     @Flag(help: "Also print where the time of each pass goes (ms per pass by component).")
     var profile = false
     @Flag(help: "Print JSON instead of tables.")
@@ -45,6 +51,8 @@ struct BenchCommand: ParsableCommand {
     var calib: Int = 1
     @Flag(help: "Only compare the decode kernel with OpenBLAS sgemm/sgemv on a 201 MB weight, by row count.")
     var kernels = false
+    @Flag(help: "Only compare single VQ decoder convolutions, fp32 (im2col + sgemm) against INT8 (the int8-mae kernel), by shape.")
+    var convKernels = false
 
     func validate() throws {
         guard runs >= 1, runs <= 100 else { throw ValidationError("--runs must be between 1 and 100") }
@@ -54,6 +62,8 @@ struct BenchCommand: ParsableCommand {
         guard calib >= 1, calib <= 64 else { throw ValidationError("--calib must be between 1 and 64") }
         if randomInit != nil && modelOptions.model != nil { throw ValidationError("give either --model or --random-init, not both") }
         guard kvFill > 0, kvFill < 1 else { throw ValidationError("--kv-fill must be in (0, 1)") }
+        if (vqInt8 || vqOnly) && noVq { throw ValidationError("--vq-int8 and --vq-only need the VQ timing (drop --no-vq)") }
+        if let g = vqCalibGrid, g < 1 || g > 64 { throw ValidationError("--vq-calib-grid must be between 1 and 64") }
         try modelOptions.checkSparsity(try kvCaches.map { try parseKVCaches($0, flag: "--kv-caches") } ?? [modelOptions.kvPrecision])
         if try noRaster && parseIntList(windows, flag: "--windows").isEmpty { throw ValidationError("--no-raster needs --windows") }
         if let g = grid {
@@ -65,6 +75,7 @@ struct BenchCommand: ParsableCommand {
     func run() throws {
         modelOptions.apply()
         if kernels { return runKernels() }
+        if convKernels { return try runConvKernels() }
         // One model per weight scheme, each built from the same fp32 weights and quantized in memory.
         var schemeList = try schemes.map { try parseSchemes($0) } ?? []
         var vq: VQDecoder? = nil
@@ -85,6 +96,13 @@ struct BenchCommand: ParsableCommand {
             makeGPT = { try dir.loadGPT() }
             vq = noVq ? nil : try dir.loadVQ()
             name = dir.name
+        }
+        if vqOnly, let vq {
+            let side = try randomInit != nil ? (grid.map { try ScheduleCommand.parseGrid($0).0 } ?? 16) : modelOptions.open().gpt.gridSize
+            var report: [String: Any] = ["model": name]
+            try benchVQ(vq, side: side, randomInit: randomInit != nil, report: &report)
+            if json { print(String(decoding: try JSONSerialization.data(withJSONObject: report, options: [.prettyPrinted, .sortedKeys]), as: UTF8.self)) }
+            return
         }
         var models: [(label: String, gpt: GPT)] = []
         if schemeList.isEmpty {
@@ -245,22 +263,77 @@ struct BenchCommand: ParsableCommand {
         }
 
         // 3. The VQ decoder for one image of this grid.
-        if let vq {
-            let codes = (0..<(side * side)).map { ($0 * 7919) % vq.config.codebook_size }
+        if let vq { try benchVQ(vq, side: side, randomInit: randomInit != nil, report: &report) }
+        if json {
+            let data = try JSONSerialization.data(withJSONObject: report, options: [.prettyPrinted, .sortedKeys])
+            print(String(decoding: data, as: UTF8.self))
+        }
+    }
+
+    /// One convolution at a time (random weights and input, the INT8 one at the abs-max range), fp32 and
+    /// INT8 alternating, median of 5; the shapes of VQ-16's decoder at 256x256 and of the default model's.
+    func runConvKernels() throws {
+        var rng = RNG(seed: 1)
+        func rand(_ shape: [Int], _ scale: Float) -> Tensor {
+            let t = Tensor(shape: shape)
+            for i in 0..<t.count { t.data[i] = scale * (2 * Float(rng.nextUniform()) - 1) }
+            return t
+        }
+        print("shape (cout x cin x k, HxW)      fp32 ms   int8 ms   speed-up   int8 GOP/s")
+        for (cout, cin, k, side) in [(128, 128, 3, 256), (128, 256, 3, 128), (256, 256, 3, 64), (512, 512, 3, 16), (128, 256, 1, 128), (64, 64, 3, 64), (3, 64, 3, 64)] {
+            let w = rand([cout, cin, k, k], (3 / Float(cin * k * k)).squareRoot()), b = rand([cout], 0.01), x = rand([cin, side, side], 1)
+            let (q, ws) = QuantizedConv.quantizeWeights(w)
+            let (s, z) = QuantizedConv.activationCandidate(lo: -1, hi: 1, ratio: 1)
+            let conv = Conv2D(weight: w, bias: b, quantized: try QuantizedConv(outChannels: cout, inChannels: cin, kernel: k, qweight: q, wscales: ws, inputScale: s, inputZero: z))
+            let out = Tensor(shape: [cout, side, side]), scratch = ConvScratch()
+            var tf: [Double] = [], tq: [Double] = []
+            conv.applyFloat(x, into: out, scratch: scratch); conv.apply(x, into: out, scratch: scratch)
+            for _ in 0..<5 {
+                tf.append(Measure.time { conv.applyFloat(x, into: out, scratch: scratch) })
+                tq.append(Measure.time { conv.apply(x, into: out, scratch: scratch) })
+            }
+            let f = Measure.median(tf), i8 = Measure.median(tq), ops = 2 * Double(cout * cin * k * k * side * side)
+            print(String(format: "%4d x %4d x %d, %3dx%-3d          %8.2f  %8.2f   %6.2fx   %8.0f", cout, cin, k, side, side, f * 1e3, i8 * 1e3, f / i8, ops / i8 / 1e9))
+        }
+    }
+
+    /// The VQ decoder on one side x side grid; with --vq-int8 also an INT8 copy (calibrated here on
+    /// random codes), both timed alternately in this run, and the INT8 images' PSNR against fp32.
+    func benchVQ(_ vq: VQDecoder, side: Int, randomInit: Bool, report: inout [String: Any]) throws {
+        let codes = (0..<(side * side)).map { ($0 * 7919) % vq.config.codebook_size }
+        let px = side * vq.config.downsample
+        let gflop = VQDecoder.decodeFLOPs(config: vq.config, height: side, width: side) / 1e9
+        guard vqInt8 else {
             _ = try vq.decode(codes: codes, height: side, width: side)     // warm-up
             var ts: [Double] = []
             for _ in 0..<max(1, min(runs, 3)) { ts.append(try Measure.time { _ = try vq.decode(codes: codes, height: side, width: side) }) }
             let t = Measure.median(ts)
-            let gflop = VQDecoder.decodeFLOPs(config: vq.config, height: side, width: side) / 1e9
             report["vq_decode_seconds"] = t; report["vq_decode_gflop"] = gflop
             if !json {
-                print(String(format: "\nVQ decode %dx%d tokens -> %dx%d px: %.2f s (%.0f GFLOP, %.0f GFLOP/s)", side, side,
-                             side * vq.config.downsample, side * vq.config.downsample, t, gflop, gflop / t))
+                print(String(format: "\nVQ decode %dx%d tokens -> %dx%d px: %.2f s (%.0f GFLOP, %.0f GFLOP/s)%@", side, side, px, px, t, gflop, gflop / t,
+                             vq.isQuantized ? " [INT8 decoder]" : ""))
             }
+            return
         }
-        if json {
-            let data = try JSONSerialization.data(withJSONObject: report, options: [.prettyPrinted, .sortedKeys])
-            print(String(decoding: data, as: UTF8.self))
+        guard !vq.isQuantized else { throw ZipARError("--vq-int8 needs an fp32 VQ decoder; this one is already INT8 (time it without --vq-int8)") }
+        // A second decoder with the same weights, quantized in memory.
+        let int8 = randomInit ? VQDecoder.randomInit(config: vq.config, seed: 2) : try modelOptions.open().loadVQ()
+        let cg = vqCalibGrid ?? (randomInit ? min(side, 4) : side)
+        var rng = RNG(seed: 7)
+        let grids = { (n: Int, g: Int) in (0..<n).map { _ in (0..<(g * g)).map { _ in Int(rng.next() % UInt64(vq.config.codebook_size)) } } }
+        let t0 = Date()
+        let layers = try DecoderQuantizer.quantize(int8, latents: grids(calib, cg), height: cg, width: cg)
+        let calibSeconds = Date().timeIntervalSince(t0)
+        let cmp = try DecoderQuantizer.compare(fp32: vq, int8: int8, latents: [codes] + grids(3, side), height: side, width: side, runs: max(3, runs))
+        report["vq_decode_seconds"] = cmp.fp32Seconds; report["vq_decode_gflop"] = gflop
+        report["vq_int8_decode_seconds"] = cmp.int8Seconds; report["vq_int8_psnr_db"] = cmp.psnrMean; report["vq_int8_psnr_min_db"] = cmp.psnrMin
+        if !json {
+            print(String(format: "\nVQ decode %dx%d tokens -> %dx%d px (%.0f GFLOP), median of %d alternating runs:", side, side, px, px, gflop, max(3, runs)))
+            print(String(format: "  fp32  %8.1f ms  (%.0f GFLOP/s)", cmp.fp32Seconds * 1e3, gflop / cmp.fp32Seconds))
+            print(String(format: "  int8  %8.1f ms  (%.0f GOP/s)  %.2fx; PSNR vs fp32 %.2f dB (min %.2f) on 4 random-code grids", cmp.int8Seconds * 1e3,
+                         gflop / cmp.int8Seconds, cmp.speedup, cmp.psnrMean, cmp.psnrMin))
+            print(String(format: "  (int8-mae: %d convs INT8, calibrated on %d random %dx%d grid(s) in %.0f s; random codes are off-domain for a trained decoder: `zipar quantize` reports PSNR on its own generated latents)",
+                         layers.count, calib, cg, cg, calibSeconds))
         }
     }
 

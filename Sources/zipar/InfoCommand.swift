@@ -35,6 +35,14 @@ struct InfoCommand: ParsableCommand {
             print(line)
         }
         print("vq decoder   ch \(v.ch), ch_mult \(v.decoder_ch_mult), z \(v.z_channels), codebook \(v.codebook_size)x\(v.codebook_embed_dim); \(String(format: "%.1fM", Double(vs.params) / 1e6)) params, \(vs.dtypes), \(mb(vs.bytes))")
+        if let q = dir.raw["vq_quant"] as? [String: Any] {
+            let n = vqFile.tensors.keys.filter { $0.hasSuffix(".qweight") }.count
+            var line = "vq quant     \(q["scheme"] ?? "?"): \(n) INT8 convolutions (per-channel weights, UINT8 activations), calibrated on \(q["calib"] ?? "?") latents (seed \(q["seed"] ?? "?"))"
+            if let c = q["check"] as? [String: Any], let p = c["psnr_db"] as? Double { line += String(format: "; vs fp32: PSNR %.1f dB", p) }
+            print(line)
+        } else if vqFile.tensors.keys.contains(where: { $0.hasSuffix(".qweight") }) {
+            print("vq quant     \(vqFile.tensors.keys.filter { $0.hasSuffix(".qweight") }.count) INT8 convolutions")
+        }
         print("kv cache     \(mb(kvBytes)) fp32 with CFG (2 x \(g.n_layer) layers x \(g.cls_token_num + g.block_size) slots)")
         if let t = try? PromptEncoder.load(dir) { print("text         built-in word encoder, \(t.vocab.count - 1) words") }
         if !dir.samplingDefaults.isEmpty {

@@ -40,4 +40,30 @@ void ck_qgemm_w8(const int8_t *xq, const float *sx, const int32_t *gsum, int m, 
 /* One DGQ search candidate over n weights (see qkernels.c); used by DGQ.search on both phases. */
 void ck_dgq_fakequant(const float *w, const float *src, float *clamped, int n, float lo, float hi,
                       float s, float z, float qlo, float qhi, float *diff);
+/* ------------------------------------------------------------------ INT8 convolution (VQ decoder)
+   Activations UINT8 with a per-tensor zero point (x ~ sx * (q - zero)), weights INT8 per output
+   channel (w ~ ws[c] * w8). Output pixels sit in the vector lanes (16 per zmm) and the weights are
+   broadcast, so the output comes out in the [Cout, H*W] layout with no transpose.
+
+   K order is (ky, kx, c) with c fastest; C must be a multiple of 4. The packed activations ("cols")
+   for groups of 16 output pixels (raster index p = 16*g + t) are
+     cols[g - g0][K/4][16][4]: byte 4*t + e of chunk j = q[c][y+ky-k/2][x+kx-k/2], with 4*j + e the K index
+   of (ky, kx, c), and `zero` outside the image (padding is a real 0). Pixels past H*W are zero. */
+
+/* q[i] = clamp(RNE(x[i] * inv_scale) + zero, 0, 255) for i < count. */
+void ck_conv_quantize(const float *x, size_t count, float inv_scale, int zero, uint8_t *q);
+
+/* im2col of the quantized planes q[C][H][W] for pixel groups [g0, g1) into cols (layout above). */
+void ck_conv_pack(const uint8_t *q, int C, int H, int W, int k, int zero, int g0, int g1, uint8_t *cols);
+
+/* For pixel groups [g0, g1) and every output channel c < cout (p < H*W):
+     acc = sum_K cols * w[c*K + K index] - zero * wsum[c]     (exact int32; wsum[c] = sum of w row c)
+     out[c*ldo + p] = (accumulate ? out[..] : 0) + (float)acc * (sx * ws[c]) + bias[c]
+   w is [cout][K] in the K order above. accOut (tests; may be NULL) gets acc at [c*ldo + p]. */
+void ck_conv_gemm(const uint8_t *cols, int g0, int g1, int npix, int K, const int8_t *w, const int32_t *wsum,
+                  const float *ws, const float *bias, float sx, int zero, int cout, float *out, int ldo,
+                  int accumulate, int32_t *accOut);
+
+/* sum |a[i] - b[i]| (b NULL: sum |a[i]|) in double: the calibration's MAE, called ~10^3 times per decoder. */
+double ck_sum_abs_diff(const float *a, const float *b, size_t n);
 #endif

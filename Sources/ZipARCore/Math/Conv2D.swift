@@ -6,14 +6,23 @@ import COpenBLAS
 /// k = 1 is a plain sgemm: out[Cout, HW] = W[Cout, Cin] · x[Cin, HW].
 /// k > 1 uses im2col + sgemm, one band of output rows at a time, so the column buffer stays
 /// bounded (a full im2col of a 3x3 conv with 128 channels at 256x256 would be 300 MB).
-public struct Conv2D {
-    public let weight: Tensor  // [out, in, k, k]
+///
+/// A class (not a struct) so a decoder's convolutions can be quantized in place by the calibrator:
+/// when `quantized` is set, apply runs the INT8 path (QuantizedConv) instead of sgemm.
+public final class Conv2D {
+    public let weight: Tensor  // [out, in, k, k] (for a quantized conv: the dequantized INT8 weights)
     public let bias: Tensor    // [out]
     public let outChannels: Int
     public let inChannels: Int
     public let kernel: Int
+    /// The checkpoint prefix (`decoder.conv_in`), set by the VQ decoder; "" elsewhere.
+    public let name: String
+    public var quantized: QuantizedConv?
 
-    public init(weight: Tensor, bias: Tensor) {
+    /// Calibration: sees every input of apply before the convolution runs (nil at run time).
+    public static var inputObserver: ((Conv2D, Tensor) -> Void)? = nil
+
+    public init(weight: Tensor, bias: Tensor, name: String = "", quantized: QuantizedConv? = nil) {
         precondition(weight.shape.count == 4 && weight.shape[2] == weight.shape[3] && weight.shape[2] % 2 == 1,
                      "conv weight must be [out, in, k, k] with odd k, got \(weight.shape)")
         precondition(bias.shape == [weight.shape[0]], "conv bias \(bias.shape) does not match weight \(weight.shape)")
@@ -22,11 +31,25 @@ public struct Conv2D {
         self.outChannels = weight.shape[0]
         self.inChannels = weight.shape[1]
         self.kernel = weight.shape[2]
+        self.name = name
+        self.quantized = quantized
     }
 
     /// out = conv(x) + bias, or out += conv(x) + bias when `accumulate` (used to add a residual for free).
     /// x: [Cin, H, W], out: [Cout, H, W], distinct buffers.
     public func apply(_ x: Tensor, into out: Tensor, accumulate: Bool = false, scratch: ConvScratch) {
+        Conv2D.inputObserver?(self, x)
+        if let q = quantized {
+            precondition(x.shape.count == 3 && x.shape[0] == inChannels && out.shape == [outChannels, x.shape[1], x.shape[2]],
+                         "conv shapes \(x.shape) -> \(out.shape) do not fit [\(outChannels), \(inChannels), \(kernel), \(kernel)]")
+            q.apply(x, bias: bias, into: out, accumulate: accumulate, scratch: scratch)
+            return
+        }
+        applyFloat(x, into: out, accumulate: accumulate, scratch: scratch)
+    }
+
+    /// The fp32 path (im2col + sgemm), whether or not the conv is quantized.
+    public func applyFloat(_ x: Tensor, into out: Tensor, accumulate: Bool = false, scratch: ConvScratch) {
         precondition(x.shape.count == 3 && x.shape[0] == inChannels, "conv input \(x.shape), expected [\(inChannels), H, W]")
         let h = x.shape[1], w = x.shape[2]
         precondition(out.shape == [outChannels, h, w], "conv output \(out.shape), expected [\(outChannels), \(h), \(w)]")
@@ -114,9 +137,25 @@ public final class ConvScratch {
     private var storage: UnsafeMutablePointer<Float>?
     private var capacity = 0
 
+    /// Byte buffers of the INT8 path by slot (1: quantized input planes, 2...: per-worker packed columns).
+    private var byteSlots: [Int: (UnsafeMutableRawPointer, Int)] = [:]
+
     public init(budgetBytes: Int = 8 << 20) { self.budgetBytes = budgetBytes }
 
-    deinit { storage.map { UnsafeMutableRawPointer($0).deallocate() } }
+    deinit {
+        storage.map { UnsafeMutableRawPointer($0).deallocate() }
+        for (p, _) in byteSlots.values { p.deallocate() }
+    }
+
+    /// A 64-byte aligned byte buffer of at least `count` bytes for `slot`; contents undefined, valid until
+    /// the next call for that slot. Call before a parallel region, not inside it.
+    public func bytes(slot: Int, count: Int) -> UnsafeMutablePointer<UInt8> {
+        if let (p, cap) = byteSlots[slot], cap >= count { return p.assumingMemoryBound(to: UInt8.self) }
+        byteSlots[slot].map { $0.0.deallocate() }
+        let p = UnsafeMutableRawPointer.allocate(byteCount: max(64, count + 64), alignment: 64)
+        byteSlots[slot] = (p, count)
+        return p.bindMemory(to: UInt8.self, capacity: count + 64)
+    }
 
     /// A buffer of at least `count` floats; contents are undefined. Valid until the next call.
     public func buffer(count: Int) -> UnsafeMutablePointer<Float> {

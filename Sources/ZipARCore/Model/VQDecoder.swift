@@ -144,7 +144,9 @@ public final class VQDecoder {
         try config.validate()
         let specs = VQDecoder.parameterShapes(config: config)
         var problems: [String] = []
-        for (name, shape) in specs {
+        // A conv stored as INT8 (`P.qweight` + scales, QuantFormat) replaces `P.weight`; it is checked when read.
+        func isInt8Conv(_ name: String, _ shape: [Int]) -> Bool { shape.count == 4 && QuantFormat.isQuantized(weights, name) }
+        for (name, shape) in specs where !isInt8Conv(name, shape) {
             guard let info = weights.tensors[name] else { problems.append("missing tensor '\(name)' (expected shape \(shape))"); continue }
             if info.shape != shape {
                 problems.append("tensor '\(name)' has shape \(info.shape), the config needs \(shape)")
@@ -157,8 +159,17 @@ public final class VQDecoder {
             throw ZipARError("\(weights.path): VQ decoder weights do not match the config: \(first)\(more)")
         }
         var tensors: [String: Tensor] = [:]
-        for (name, shape) in specs { tensors[name] = try weights.tensor(name, shape: shape) }
-        self.init(config: config, tensors: tensors)
+        var quantized: [String: QuantizedConv] = [:]
+        for (name, shape) in specs {
+            if isInt8Conv(name, shape) {
+                let q = try QuantFormat.loadConv(weights, name, shape: shape)
+                quantized[QuantFormat.prefix(name)] = q
+                tensors[name] = q.dequantizedWeight()
+            } else {
+                tensors[name] = try weights.tensor(name, shape: shape)
+            }
+        }
+        self.init(config: config, tensors: tensors, quantized: quantized)
     }
 
     /// A decoder with deterministic pseudo-random weights of sensible scale (for timing at full size).
@@ -186,12 +197,12 @@ public final class VQDecoder {
     }
 
     /// Builds the module tree from already-checked tensors (every key of parameterShapes present).
-    private init(config c: VQConfig, tensors: [String: Tensor]) {
+    private init(config c: VQConfig, tensors: [String: Tensor], quantized: [String: QuantizedConv] = [:]) {
         func t(_ name: String) -> Tensor {
             guard let x = tensors[name] else { preconditionFailure("internal: '\(name)' is not in parameterShapes") }
             return x
         }
-        func conv(_ p: String) -> Conv2D { Conv2D(weight: t("\(p).weight"), bias: t("\(p).bias")) }
+        func conv(_ p: String) -> Conv2D { Conv2D(weight: t("\(p).weight"), bias: t("\(p).bias"), name: p, quantized: quantized[p]) }
         func norm(_ p: String) -> GroupNorm { GroupNorm(weight: t("\(p).weight"), bias: t("\(p).bias")) }
         func res(_ p: String) -> ResnetBlock {
             ResnetBlock(norm1: norm("\(p).norm1"), conv1: conv("\(p).conv1"), norm2: norm("\(p).norm2"), conv2: conv("\(p).conv2"),
@@ -215,6 +226,21 @@ public final class VQDecoder {
         norm_out = norm("decoder.norm_out")
         conv_out = conv("decoder.conv_out")
     }
+
+    /// Every convolution, in execution order (post_quant_conv, conv_in, mid, conv_blocks, conv_out).
+    public var convs: [Conv2D] {
+        func res(_ r: ResnetBlock) -> [Conv2D] { [r.conv1] + (r.nin_shortcut.map { [$0] } ?? []) + [r.conv2] }
+        func attn(_ a: AttnBlock) -> [Conv2D] { [a.q, a.k, a.v, a.proj_out] }
+        var out = [post_quant_conv, conv_in] + res(mid.res0) + attn(mid.attn1) + res(mid.res2)
+        for b in conv_blocks {
+            for i in b.res.indices { out += res(b.res[i]); if !b.attn.isEmpty { out += attn(b.attn[i]) } }
+            if let u = b.upsample_conv { out.append(u) }
+        }
+        return out + [conv_out]
+    }
+
+    /// Whether any convolution runs the INT8 path.
+    public var isQuantized: Bool { convs.contains { $0.quantized != nil } }
 
     // MARK: - Forward
 

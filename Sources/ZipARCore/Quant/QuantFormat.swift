@@ -8,6 +8,9 @@ import Foundation
 ///                P.wscales8 F32 [n]     row scale s8;   weight = s8 * S * (q - z), |S * (q - z)| <= 127
 ///                P.input_scale F32 [1]  optional static activation scale s_x (absent: per-token scales)
 ///   W8A8:        P.qweight I8 [n, k], P.wscales8 F32 [n];   weight = s8 * q
+/// A VQ decoder convolution `P.weight` [out, in, k, k] may be stored as (INT8 VQ decoder):
+///   P.qweight I8 [out, in, k, k], P.wscales8 F32 [out]   weight = wscales8[o] * q
+///   P.input_scale F32 [1], P.input_zero U8 [1]           input  = input_scale * (u - input_zero), u in [0, 255]
 public enum QuantFormat {
     /// The prefix of a `.weight` name.
     static func prefix(_ name: String) -> String { name.hasSuffix(".weight") ? String(name.dropLast(7)) : name }
@@ -54,6 +57,46 @@ public enum QuantFormat {
         default:
             throw bad("qweight is \(qi.dtype); expected U8 (W4A8) or I8 (W8A8)")
         }
+    }
+
+    /// Loads an INT8 decoder convolution `name` (= P.weight) of the given [out, in, k, k] shape.
+    public static func loadConv(_ file: SafeTensorsFile, _ name: String, shape: [Int]) throws -> QuantizedConv {
+        let p = prefix(name)
+        func bad(_ why: String) -> ZipARError { ZipARError("\(file.path): INT8 convolution '\(p)': \(why)") }
+        func need(_ suffix: String, _ dtype: DType, _ shape: [Int]) throws -> TensorInfo {
+            guard let t = file.tensors[p + suffix] else { throw bad("missing \(p + suffix) (\(dtype) \(shape))") }
+            guard t.dtype == dtype, t.shape == shape else { throw bad("\(p + suffix) is \(t.dtype) \(t.shape), expected \(dtype) \(shape)") }
+            return t
+        }
+        let qi = try need(".qweight", .I8, shape)
+        _ = try need(".wscales8", .F32, [shape[0]])
+        _ = try need(".input_scale", .F32, [1])
+        _ = try need(".input_zero", .U8, [1])
+        let q = file.bytes(qi).map { Int8(bitPattern: $0) }
+        do {
+            return try QuantizedConv(outChannels: shape[0], inChannels: shape[1], kernel: shape[2], qweight: q,
+                                     wscales: try file.tensor(p + ".wscales8").array, inputScale: try file.tensor(p + ".input_scale")[0],
+                                     inputZero: try file.ints(p + ".input_zero")[0])
+        } catch let e as ZipARError { throw bad(e.message) }
+    }
+
+    /// The VQ file's tensors in order, each quantized conv's `P.weight` replaced by its INT8 tensors.
+    public static func decoderEntries(_ dec: VQDecoder, original file: SafeTensorsFile) -> [SafeTensorsWriter.Entry] {
+        var int8: [String: QuantizedConv] = [:]
+        for c in dec.convs { if let q = c.quantized { int8[c.name + ".weight"] = q } }
+        var out: [SafeTensorsWriter.Entry] = []
+        for info in file.tensors.values.sorted(by: { $0.begin < $1.begin }) {
+            guard let q = int8[info.name] else {
+                out.append(SafeTensorsWriter.Entry(name: info.name, dtype: info.dtype, shape: info.shape, bytes: Data(file.bytes(info))))
+                continue
+            }
+            let p = prefix(info.name)
+            out.append(SafeTensorsWriter.Entry(name: p + ".qweight", dtype: .I8, shape: info.shape, bytes: q.qweight.withUnsafeBytes { Data($0) }))
+            out.append(SafeTensorsWriter.Entry(name: p + ".wscales8", dtype: .F32, shape: [q.outChannels], bytes: q.wscales.withUnsafeBytes { Data($0) }))
+            out.append(SafeTensorsWriter.Entry(name: p + ".input_scale", dtype: .F32, shape: [1], bytes: [q.inputScale].withUnsafeBytes { Data($0) }))
+            out.append(SafeTensorsWriter.Entry(name: p + ".input_zero", dtype: .U8, shape: [1], bytes: Data([UInt8(q.inputZero)])))
+        }
+        return out
     }
 
     /// The safetensors entries of a Linear named `name` (`P.weight` for fp32, the tensors above otherwise).
