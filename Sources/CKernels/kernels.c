@@ -812,24 +812,26 @@ static void unpack_codes(const uint8_t *src, int bits, int d, float *dst) {
 #ifdef CK_X86
 /* Codes of channels c..c+7 as floats. They lie in one plane when d/4 (2-bit) or d/2 (4-bit) is a
    multiple of 8, which callers check (head_dim 64 or 128; head_dim 100 takes the portable path). */
+/* Planar packing: channel c of a row is in byte c mod (d*bits/8), at bit (c div (d*bits/8)) * bits.
+   Returns the byte offset of channel c; *shift and *mask extract it. */
+static inline int code_plane(int bits, int d, int c, int *shift, int *mask) {
+    int width = bits == 8 ? d : d * bits / 8, plane = c / width;
+    *shift = plane * bits; *mask = (1 << bits) - 1;
+    return c - plane * width;
+}
+
 CK_AVX2 static inline __m256 codes8_avx2(const uint8_t *src, int bits, int d, int c) {
-    int plane = 0, width = d, mask = 255;
-    if (bits == 4) { width = d / 2; mask = 15; }
-    else if (bits == 2) { width = d / 4; mask = 3; }
-    if (bits != 8) plane = c / width;
-    __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(src + c - plane * width)));
-    v = _mm256_and_si256(_mm256_srl_epi32(v, _mm_cvtsi32_si128(plane * bits)), _mm256_set1_epi32(mask));
+    int shift, mask, at = code_plane(bits, d, c, &shift, &mask);
+    __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(src + at)));
+    v = _mm256_and_si256(_mm256_srl_epi32(v, _mm_cvtsi32_si128(shift)), _mm256_set1_epi32(mask));
     return _mm256_cvtepi32_ps(v);
 }
 
 /* Codes of channels c..c+15 as floats (AVX-512; one plane when d/4 or d/2 is a multiple of 16). */
 __attribute__((target("avx512f,avx2,fma,f16c"))) static inline __m512 codes16_avx512(const uint8_t *src, int bits, int d, int c) {
-    int plane = 0, width = d, mask = 255;
-    if (bits == 4) { width = d / 2; mask = 15; }
-    else if (bits == 2) { width = d / 4; mask = 3; }
-    if (bits != 8) plane = c / width;
-    __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(src + c - plane * width)));
-    v = _mm512_and_si512(_mm512_srl_epi32(v, _mm_cvtsi32_si128(plane * bits)), _mm512_set1_epi32(mask));
+    int shift, mask, at = code_plane(bits, d, c, &shift, &mask);
+    __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(src + at)));
+    v = _mm512_and_si512(_mm512_srl_epi32(v, _mm_cvtsi32_si128(shift)), _mm512_set1_epi32(mask));
     return _mm512_cvtepi32_ps(v);
 }
 
