@@ -303,9 +303,7 @@ final class QuantizedKV: KVStorage {
                 ck_kv_dequant_channel(c + L.keyCode[s], Int32(L.setBits[s]), Int32(rows), Int32(hd), p + s * 2 * hd, p + s * 2 * hd + hd,
                                       idBase + row0, out)
             case .token(let g):
-                let G = hd / g
-                ck_kv_dequant_token(c + L.keyCode[s], Int32(L.setBits[s]), Int32(rows), Int32(hd), Int32(g), p + row0 * 2 * G,
-                                    Int32(2 * G), nil, idBase + row0, out)
+                dequantTokenwise(c + L.keyCode[s], bits: L.setBits[s], rows: rows, group: g, params: p, row0: row0, ids: idBase, into: out)
             }
             row0 += rows
         }
@@ -320,15 +318,22 @@ final class QuantizedKV: KVStorage {
         for (s, rows) in L.setRows.enumerated() where rows > 0 {
             switch valueMode {
             case .token(let g):
-                let G = hd / g
-                ck_kv_dequant_token(c + L.valueCode[s], Int32(L.setBits[s]), Int32(rows), Int32(hd), Int32(g), p + row0 * 2 * G,
-                                    Int32(2 * G), nil, idBase + row0, out)
+                dequantTokenwise(c + L.valueCode[s], bits: L.setBits[s], rows: rows, group: g, params: p, row0: row0, ids: idBase, into: out)
             case .cst:
                 ck_kv_dequant_token(c + L.valueCode[s], Int32(L.setBits[s]), Int32(rows), Int32(hd), Int32(hd), sb.halves(L.shared) + row0 * 2, 2, p,
                                     idBase + row0, out)
             }
             row0 += rows
         }
+    }
+
+    /// One token-wise code set (KIVI values, int8 keys and values): rows row0..<row0+rows of the block, each
+    /// with hd/g mins then hd/g steps at params + row * 2 * (hd/g), written to their slots' rows of out.
+    private func dequantTokenwise(_ codes: UnsafePointer<UInt8>, bits: Int, rows: Int, group g: Int, params: UnsafePointer<UInt16>,
+                                  row0: Int, ids: UnsafePointer<UInt16>, into out: UnsafeMutablePointer<Float>) {
+        let G = headDim / g
+        ck_kv_dequant_token(codes, Int32(bits), Int32(rows), Int32(headDim), Int32(g), params + row0 * 2 * G, Int32(2 * G), nil,
+                            ids + row0, out)
     }
 
     // MARK: sealing
