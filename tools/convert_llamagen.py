@@ -387,7 +387,7 @@ def warn_on_args_mismatch(args, cfg, image_size, downsample, gpt_model):
 
 def st_dtype(dtype):
     import torch
-    names = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
+    names = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.uint8: "U8", torch.int8: "I8"}
     return names.get(dtype)
 
 

@@ -212,3 +212,80 @@ def test_train_tiny_end_to_end():
                             "--work", work, "--resume", "--no-tune"], capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr[-2000:]
         assert "(resumed)" in r.stdout and "gpt: resuming at step" in r.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# binarize.py: the binarized (w1) variant
+
+def test_binarizer_grid_estimator_matches_the_official_per_weight_form():
+    import torch
+    from binarize import Binarizer
+    torch.manual_seed(0)
+    exact, grid = Binarizer(exact=True), Binarizer(bins=1 << 15)
+    with torch.no_grad():
+        for p in exact.net.parameters():
+            p.mul_(3)  # away from the near-linear start, so the gate and tanh both matter
+    grid.load_state_dict(exact.state_dict())
+    w = torch.randn(48, 80) * 0.05
+    g = torch.randn(48, 80)
+    grads = []
+    for m in (exact, grid):
+        x = w.clone().requires_grad_()
+        out = m(x)
+        assert torch.equal(out, torch.where(w >= 0, 1.0, -1.0))  # forward: exactly the bits
+        (out * g).sum().backward()
+        grads.append((x.grad.clone(), [p.grad.clone() for p in m.net.parameters()]))
+    (gx0, gp0), (gx1, gp1) = grads
+    assert gx0.abs().max() > 0.1
+    assert (gx0 - gx1).abs().max() < 1e-3 * gx0.abs().max()
+    for a, b in zip(gp0, gp1):
+        assert (a - b).norm() < 1e-3 * a.norm()
+
+
+def test_pack_bits_layout_and_round_trip():
+    import torch
+    from binarize import pack_bits, unpack_bits
+    bits = torch.zeros(2, 16, dtype=torch.bool)
+    bits[0, 0] = bits[0, 9] = bits[1, 7] = True
+    assert pack_bits(bits).tolist() == [[1, 2], [128, 0]]  # column 8c+t -> bit t of byte c
+    r = torch.rand(5, 64) > 0.5
+    assert torch.equal(unpack_bits(pack_bits(r), 64), r)
+
+
+def test_binarize_tiny_end_to_end():
+    import torch
+    from binarize import BINARY_LINEARS, unpack_bits
+    with tempfile.TemporaryDirectory() as tmp:
+        base, work = os.path.join(tmp, "tiny"), os.path.join(tmp, "work")
+        r = subprocess.run([sys.executable, os.path.join(REPO, "tools", "train", "train.py"), "--tiny", "-o", base,
+                            "--work", work, "--no-tune"], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr[-2000:]
+        out = os.path.join(tmp, "tiny-w1")
+        r = subprocess.run([sys.executable, os.path.join(REPO, "tools", "train", "binarize.py"), "--tiny", "--base", base,
+                            "-o", out, "--work", os.path.join(tmp, "bwork"), "--data", work],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        assert "binarize step 3/3" in r.stdout and "exported EMA weights at step 3" in r.stdout
+        cfg = json.load(open(os.path.join(out, "config.json")))
+        assert cfg["quant"]["scheme"] == "w1" and cfg["training"]["binarize"]["steps"] == 3
+        g = read_st(os.path.join(out, "gpt.safetensors"))
+        f = read_st(os.path.join(base, "gpt.safetensors"))
+        n_layer = cfg["gpt"]["n_layer"]
+        for i in range(n_layer):
+            for name in BINARY_LINEARS:
+                p = f"layers.{i}.{name}"
+                n, k = f[p + ".weight"].shape
+                assert p + ".weight" not in g
+                assert g[p + ".qweight"].dtype == np.uint8 and g[p + ".qweight"].shape == (n, k // 8)
+                assert g[p + ".wscales8"].dtype == np.float32 and g[p + ".wscales8"].shape == (n,)
+                assert (g[p + ".wscales8"] > 0).all()
+                bits = unpack_bits(torch.from_numpy(g[p + ".qweight"].copy()), k)
+                assert 0.2 < bits.float().mean() < 0.8  # signs of centred rows: balanced, not all one way
+        # everything else is the float model's tensor set, F16
+        floats = {k for k in f if not any(k.startswith(f"layers.{i}.{n}.") for i in range(n_layer) for n in BINARY_LINEARS)}
+        assert floats <= set(g) and all(g[k].dtype == np.float16 for k in floats)
+        # resume continues from the checkpoint
+        r = subprocess.run([sys.executable, os.path.join(REPO, "tools", "train", "binarize.py"), "--tiny", "--base", base,
+                            "-o", out, "--work", os.path.join(tmp, "bwork"), "--data", work, "--resume"],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and "resuming at step 3" in r.stdout, r.stderr[-2000:]
