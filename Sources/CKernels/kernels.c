@@ -259,12 +259,16 @@ CK_AVX2 static float stream_sum_avx2(const float *x, size_t n) {
    = 24 accumulators + 4 weight + 1 activation register of the 32. A ZipAR pass of 3 tokens with CFG
    (6 rows) is one group: every weight load feeds 6 FMAs. */
 #define KBLOCK512 1024
+#ifndef CK_PF512_HINT
+#define CK_PF512_HINT _MM_HINT_T0
+#endif
+#define PF512(ptr) _mm_prefetch((const char *)(ptr), CK_PF512_HINT)
 #define DEFINE_TILE512_1(NAME, WT, LOAD) \
-CK_AVX512 static inline void NAME(const float *x, size_t ldx, const WT *w0, size_t ldw, int p0, int p1, float r[6][4]) { \
+CK_AVX512 static inline void NAME(const float *x, size_t ldx, const WT *w0, size_t ldw, int p0, int p1, const WT *const *pf, float r[6][4]) { \
     __m512 a00 = _mm512_setzero_ps(); __m512 a01 = _mm512_setzero_ps(); __m512 a02 = _mm512_setzero_ps(); __m512 a03 = _mm512_setzero_ps(); \
     const WT *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw; \
     for (int p = p0; p < p1; p += 16) { \
-        PREFETCH_W(w0 + p); PREFETCH_W(w1 + p); PREFETCH_W(w2 + p); PREFETCH_W(w3 + p); \
+        PF512(pf[0] + p); PF512(pf[1] + p); PF512(pf[2] + p); PF512(pf[3] + p); \
         __m512 v0 = LOAD(w0 + p), v1 = LOAD(w1 + p), v2 = LOAD(w2 + p), v3 = LOAD(w3 + p), xv; \
         xv = _mm512_loadu_ps(x + 0 * ldx + p); \
         a00 = _mm512_fmadd_ps(xv, v0, a00); a01 = _mm512_fmadd_ps(xv, v1, a01); a02 = _mm512_fmadd_ps(xv, v2, a02); a03 = _mm512_fmadd_ps(xv, v3, a03); \
@@ -273,11 +277,11 @@ CK_AVX512 static inline void NAME(const float *x, size_t ldx, const WT *w0, size
 }
 
 #define DEFINE_TILE512_2(NAME, WT, LOAD) \
-CK_AVX512 static inline void NAME(const float *x, size_t ldx, const WT *w0, size_t ldw, int p0, int p1, float r[6][4]) { \
+CK_AVX512 static inline void NAME(const float *x, size_t ldx, const WT *w0, size_t ldw, int p0, int p1, const WT *const *pf, float r[6][4]) { \
     __m512 a00 = _mm512_setzero_ps(); __m512 a01 = _mm512_setzero_ps(); __m512 a02 = _mm512_setzero_ps(); __m512 a03 = _mm512_setzero_ps(); __m512 a10 = _mm512_setzero_ps(); __m512 a11 = _mm512_setzero_ps(); __m512 a12 = _mm512_setzero_ps(); __m512 a13 = _mm512_setzero_ps(); \
     const WT *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw; \
     for (int p = p0; p < p1; p += 16) { \
-        PREFETCH_W(w0 + p); PREFETCH_W(w1 + p); PREFETCH_W(w2 + p); PREFETCH_W(w3 + p); \
+        PF512(pf[0] + p); PF512(pf[1] + p); PF512(pf[2] + p); PF512(pf[3] + p); \
         __m512 v0 = LOAD(w0 + p), v1 = LOAD(w1 + p), v2 = LOAD(w2 + p), v3 = LOAD(w3 + p), xv; \
         xv = _mm512_loadu_ps(x + 0 * ldx + p); \
         a00 = _mm512_fmadd_ps(xv, v0, a00); a01 = _mm512_fmadd_ps(xv, v1, a01); a02 = _mm512_fmadd_ps(xv, v2, a02); a03 = _mm512_fmadd_ps(xv, v3, a03); \
@@ -289,11 +293,11 @@ CK_AVX512 static inline void NAME(const float *x, size_t ldx, const WT *w0, size
 }
 
 #define DEFINE_TILE512_3(NAME, WT, LOAD) \
-CK_AVX512 static inline void NAME(const float *x, size_t ldx, const WT *w0, size_t ldw, int p0, int p1, float r[6][4]) { \
+CK_AVX512 static inline void NAME(const float *x, size_t ldx, const WT *w0, size_t ldw, int p0, int p1, const WT *const *pf, float r[6][4]) { \
     __m512 a00 = _mm512_setzero_ps(); __m512 a01 = _mm512_setzero_ps(); __m512 a02 = _mm512_setzero_ps(); __m512 a03 = _mm512_setzero_ps(); __m512 a10 = _mm512_setzero_ps(); __m512 a11 = _mm512_setzero_ps(); __m512 a12 = _mm512_setzero_ps(); __m512 a13 = _mm512_setzero_ps(); __m512 a20 = _mm512_setzero_ps(); __m512 a21 = _mm512_setzero_ps(); __m512 a22 = _mm512_setzero_ps(); __m512 a23 = _mm512_setzero_ps(); \
     const WT *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw; \
     for (int p = p0; p < p1; p += 16) { \
-        PREFETCH_W(w0 + p); PREFETCH_W(w1 + p); PREFETCH_W(w2 + p); PREFETCH_W(w3 + p); \
+        PF512(pf[0] + p); PF512(pf[1] + p); PF512(pf[2] + p); PF512(pf[3] + p); \
         __m512 v0 = LOAD(w0 + p), v1 = LOAD(w1 + p), v2 = LOAD(w2 + p), v3 = LOAD(w3 + p), xv; \
         xv = _mm512_loadu_ps(x + 0 * ldx + p); \
         a00 = _mm512_fmadd_ps(xv, v0, a00); a01 = _mm512_fmadd_ps(xv, v1, a01); a02 = _mm512_fmadd_ps(xv, v2, a02); a03 = _mm512_fmadd_ps(xv, v3, a03); \
@@ -308,11 +312,11 @@ CK_AVX512 static inline void NAME(const float *x, size_t ldx, const WT *w0, size
 }
 
 #define DEFINE_TILE512_4(NAME, WT, LOAD) \
-CK_AVX512 static inline void NAME(const float *x, size_t ldx, const WT *w0, size_t ldw, int p0, int p1, float r[6][4]) { \
+CK_AVX512 static inline void NAME(const float *x, size_t ldx, const WT *w0, size_t ldw, int p0, int p1, const WT *const *pf, float r[6][4]) { \
     __m512 a00 = _mm512_setzero_ps(); __m512 a01 = _mm512_setzero_ps(); __m512 a02 = _mm512_setzero_ps(); __m512 a03 = _mm512_setzero_ps(); __m512 a10 = _mm512_setzero_ps(); __m512 a11 = _mm512_setzero_ps(); __m512 a12 = _mm512_setzero_ps(); __m512 a13 = _mm512_setzero_ps(); __m512 a20 = _mm512_setzero_ps(); __m512 a21 = _mm512_setzero_ps(); __m512 a22 = _mm512_setzero_ps(); __m512 a23 = _mm512_setzero_ps(); __m512 a30 = _mm512_setzero_ps(); __m512 a31 = _mm512_setzero_ps(); __m512 a32 = _mm512_setzero_ps(); __m512 a33 = _mm512_setzero_ps(); \
     const WT *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw; \
     for (int p = p0; p < p1; p += 16) { \
-        PREFETCH_W(w0 + p); PREFETCH_W(w1 + p); PREFETCH_W(w2 + p); PREFETCH_W(w3 + p); \
+        PF512(pf[0] + p); PF512(pf[1] + p); PF512(pf[2] + p); PF512(pf[3] + p); \
         __m512 v0 = LOAD(w0 + p), v1 = LOAD(w1 + p), v2 = LOAD(w2 + p), v3 = LOAD(w3 + p), xv; \
         xv = _mm512_loadu_ps(x + 0 * ldx + p); \
         a00 = _mm512_fmadd_ps(xv, v0, a00); a01 = _mm512_fmadd_ps(xv, v1, a01); a02 = _mm512_fmadd_ps(xv, v2, a02); a03 = _mm512_fmadd_ps(xv, v3, a03); \
@@ -330,11 +334,11 @@ CK_AVX512 static inline void NAME(const float *x, size_t ldx, const WT *w0, size
 }
 
 #define DEFINE_TILE512_5(NAME, WT, LOAD) \
-CK_AVX512 static inline void NAME(const float *x, size_t ldx, const WT *w0, size_t ldw, int p0, int p1, float r[6][4]) { \
+CK_AVX512 static inline void NAME(const float *x, size_t ldx, const WT *w0, size_t ldw, int p0, int p1, const WT *const *pf, float r[6][4]) { \
     __m512 a00 = _mm512_setzero_ps(); __m512 a01 = _mm512_setzero_ps(); __m512 a02 = _mm512_setzero_ps(); __m512 a03 = _mm512_setzero_ps(); __m512 a10 = _mm512_setzero_ps(); __m512 a11 = _mm512_setzero_ps(); __m512 a12 = _mm512_setzero_ps(); __m512 a13 = _mm512_setzero_ps(); __m512 a20 = _mm512_setzero_ps(); __m512 a21 = _mm512_setzero_ps(); __m512 a22 = _mm512_setzero_ps(); __m512 a23 = _mm512_setzero_ps(); __m512 a30 = _mm512_setzero_ps(); __m512 a31 = _mm512_setzero_ps(); __m512 a32 = _mm512_setzero_ps(); __m512 a33 = _mm512_setzero_ps(); __m512 a40 = _mm512_setzero_ps(); __m512 a41 = _mm512_setzero_ps(); __m512 a42 = _mm512_setzero_ps(); __m512 a43 = _mm512_setzero_ps(); \
     const WT *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw; \
     for (int p = p0; p < p1; p += 16) { \
-        PREFETCH_W(w0 + p); PREFETCH_W(w1 + p); PREFETCH_W(w2 + p); PREFETCH_W(w3 + p); \
+        PF512(pf[0] + p); PF512(pf[1] + p); PF512(pf[2] + p); PF512(pf[3] + p); \
         __m512 v0 = LOAD(w0 + p), v1 = LOAD(w1 + p), v2 = LOAD(w2 + p), v3 = LOAD(w3 + p), xv; \
         xv = _mm512_loadu_ps(x + 0 * ldx + p); \
         a00 = _mm512_fmadd_ps(xv, v0, a00); a01 = _mm512_fmadd_ps(xv, v1, a01); a02 = _mm512_fmadd_ps(xv, v2, a02); a03 = _mm512_fmadd_ps(xv, v3, a03); \
@@ -355,11 +359,11 @@ CK_AVX512 static inline void NAME(const float *x, size_t ldx, const WT *w0, size
 }
 
 #define DEFINE_TILE512_6(NAME, WT, LOAD) \
-CK_AVX512 static inline void NAME(const float *x, size_t ldx, const WT *w0, size_t ldw, int p0, int p1, float r[6][4]) { \
+CK_AVX512 static inline void NAME(const float *x, size_t ldx, const WT *w0, size_t ldw, int p0, int p1, const WT *const *pf, float r[6][4]) { \
     __m512 a00 = _mm512_setzero_ps(); __m512 a01 = _mm512_setzero_ps(); __m512 a02 = _mm512_setzero_ps(); __m512 a03 = _mm512_setzero_ps(); __m512 a10 = _mm512_setzero_ps(); __m512 a11 = _mm512_setzero_ps(); __m512 a12 = _mm512_setzero_ps(); __m512 a13 = _mm512_setzero_ps(); __m512 a20 = _mm512_setzero_ps(); __m512 a21 = _mm512_setzero_ps(); __m512 a22 = _mm512_setzero_ps(); __m512 a23 = _mm512_setzero_ps(); __m512 a30 = _mm512_setzero_ps(); __m512 a31 = _mm512_setzero_ps(); __m512 a32 = _mm512_setzero_ps(); __m512 a33 = _mm512_setzero_ps(); __m512 a40 = _mm512_setzero_ps(); __m512 a41 = _mm512_setzero_ps(); __m512 a42 = _mm512_setzero_ps(); __m512 a43 = _mm512_setzero_ps(); __m512 a50 = _mm512_setzero_ps(); __m512 a51 = _mm512_setzero_ps(); __m512 a52 = _mm512_setzero_ps(); __m512 a53 = _mm512_setzero_ps(); \
     const WT *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw; \
     for (int p = p0; p < p1; p += 16) { \
-        PREFETCH_W(w0 + p); PREFETCH_W(w1 + p); PREFETCH_W(w2 + p); PREFETCH_W(w3 + p); \
+        PF512(pf[0] + p); PF512(pf[1] + p); PF512(pf[2] + p); PF512(pf[3] + p); \
         __m512 v0 = LOAD(w0 + p), v1 = LOAD(w1 + p), v2 = LOAD(w2 + p), v3 = LOAD(w3 + p), xv; \
         xv = _mm512_loadu_ps(x + 0 * ldx + p); \
         a00 = _mm512_fmadd_ps(xv, v0, a00); a01 = _mm512_fmadd_ps(xv, v1, a01); a02 = _mm512_fmadd_ps(xv, v2, a02); a03 = _mm512_fmadd_ps(xv, v3, a03); \
@@ -393,17 +397,25 @@ CK_AVX512 static void NAME(const float *x, int m, int k, const WT *w, int j0, in
         for (int p0 = 0; p0 == 0 || p0 < k16; p0 += KBLOCK512) {                                     \
           int p1 = p0 + KBLOCK512 < k16 ? p0 + KBLOCK512 : k16;                                      \
           int last = p1 >= k16;                                                                      \
+          /* Prefetch what the next tile reads (the next k-block of these 4 rows, or the next 4     \
+             rows) while this one computes: pf[r] + p walks it in step with p. */                   \
+          const WT *pf[4];                                                                           \
+          {                                                                                          \
+            int nj = last ? j + 4 : j, np = last ? 0 : p1;                                           \
+            if (nj + 4 > j1) { nj = j; np = p0; }                                                    \
+            for (int b = 0; b < 4; b++) pf[b] = w + (size_t)(nj + b) * k + np - p0;                  \
+          }                                                                                          \
           for (int i = 0; i < m;) {                                                                  \
             int mi = group_rows512(m - i);                                                           \
             const float *x0 = x + (size_t)i * k;                                                     \
             float r[6][4];                                                                           \
             switch (mi) {                                                                            \
-            case 1: T1(x0, k, w0, k, p0, p1, r); break;                                              \
-            case 2: T2(x0, k, w0, k, p0, p1, r); break;                                              \
-            case 3: T3(x0, k, w0, k, p0, p1, r); break;                                              \
-            case 4: T4(x0, k, w0, k, p0, p1, r); break;                                              \
-            case 5: T5(x0, k, w0, k, p0, p1, r); break;                                              \
-            default: T6(x0, k, w0, k, p0, p1, r); break;                                             \
+            case 1: T1(x0, k, w0, k, p0, p1, pf, r); break;                                          \
+            case 2: T2(x0, k, w0, k, p0, p1, pf, r); break;                                          \
+            case 3: T3(x0, k, w0, k, p0, p1, pf, r); break;                                          \
+            case 4: T4(x0, k, w0, k, p0, p1, pf, r); break;                                          \
+            case 5: T5(x0, k, w0, k, p0, p1, pf, r); break;                                          \
+            default: T6(x0, k, w0, k, p0, p1, pf, r); break;                                         \
             }                                                                                        \
             for (int a = 0; a < mi; a++)                                                             \
                 for (int b = 0; b < 4; b++) {                                                        \

@@ -235,7 +235,7 @@ final class GPTTests: XCTestCase {
 
     func checkStreamingKernel() throws {
         var rng = RNG(seed: 5)
-        for (m, k, n) in [(1, 64, 36), (2, 768, 260), (3, 100, 7), (5, 64, 37), (6, 392, 300), (7, 33, 13), (8, 512, 29), (11, 520, 14), (16, 200, 257), (31, 24, 9), (40, 64, 64)] {
+        for (m, k, n) in [(1, 64, 36), (2, 768, 260), (3, 100, 7), (5, 64, 37), (6, 392, 300), (7, 33, 13), (8, 512, 29), (11, 520, 14), (16, 200, 257), (31, 24, 9), (40, 64, 64), (6, 2100, 20), (4, 3072, 9)] {
             let x = Tensor(shape: [m, k]), w = Tensor(shape: [n, k])
             for i in 0..<x.count { x[i] = rng.nextNormal() }
             for i in 0..<w.count { w[i] = rng.nextNormal() }
