@@ -736,12 +736,23 @@ void ck_attn_scores_f16(const float *q, int nq, int d, const uint16_t *k, int n,
     ck_gemm_rows_f16(q, nq, d, k, 0, n, scores, ld);
 }
 
-/* Masked softmax of each query's scores, then its weighted sum of value rows. */
-static void softmax_and_values(const uint8_t *masks, const int *maskOffsets, int nq, int n, int d, float scale,
+/* BiViT's softmax-aware binarization of one row of probabilities: 1 where p >= 0.25 * max p, else
+   0 (masked slots have p = 0 and stay 0). No renormalisation, as the official code. */
+static void sab_row(float *p, int n) {
+    float mx = 0;
+    for (int j = 0; j < n; j++) if (p[j] > mx) mx = p[j];
+    float t = 0.25f * mx;
+    for (int j = 0; j < n; j++) p[j] = p[j] >= t && p[j] > 0 ? 1.0f : 0.0f;
+}
+
+/* Masked softmax of each query's scores (binarized with SAB when sab != 0), then its weighted sum
+   of value rows. */
+static void softmax_and_values(const uint8_t *masks, const int *maskOffsets, int nq, int n, int d, float scale, int sab,
                                float *scores, float *out, int ldo, const float *v, const uint16_t *v16) {
     for (int i = 0; i < nq; i++) {
         float *s = scores + (size_t)i * n;
         if (!softmax_row(s, masks + maskOffsets[i], n, scale)) { memset(out + (size_t)i * ldo, 0, sizeof(float) * (size_t)d); continue; }
+        if (sab) sab_row(s, n);
         /* Value rows of one head are a few hundred KB at most: after the first query they come from cache. */
         if (v16) weighted_rows_f16(s, v16, n, d, out + (size_t)i * ldo);
         else weighted_rows(s, v, n, d, out + (size_t)i * ldo);
@@ -749,19 +760,19 @@ static void softmax_and_values(const uint8_t *masks, const int *maskOffsets, int
 }
 
 void ck_attend_group(const float *q, int ldq, const float *k, const float *v, const uint8_t *masks,
-                     const int *maskOffsets, int nq, int n, int d, float scale, float *scores,
+                     const int *maskOffsets, int nq, int n, int d, float scale, int sab, float *scores,
                      float *out, int ldo) {
     if (ldq == d) ck_attn_scores(q, nq, d, k, n, scores, n);
     else for (int i = 0; i < nq; i++) ck_gemm_rows(q + (size_t)i * ldq, 1, d, k, 0, n, scores + (size_t)i * n, n);
-    softmax_and_values(masks, maskOffsets, nq, n, d, scale, scores, out, ldo, v, NULL);
+    softmax_and_values(masks, maskOffsets, nq, n, d, scale, sab, scores, out, ldo, v, NULL);
 }
 
 void ck_attend_group_f16(const float *q, int ldq, const uint16_t *k, const uint16_t *v, const uint8_t *masks,
-                         const int *maskOffsets, int nq, int n, int d, float scale, float *scores,
+                         const int *maskOffsets, int nq, int n, int d, float scale, int sab, float *scores,
                          float *out, int ldo) {
     if (ldq == d) ck_attn_scores_f16(q, nq, d, k, n, scores, n);
     else for (int i = 0; i < nq; i++) ck_gemm_rows_f16(q + (size_t)i * ldq, 1, d, k, 0, n, scores + (size_t)i * n, n);
-    softmax_and_values(masks, maskOffsets, nq, n, d, scale, scores, out, ldo, NULL, v);
+    softmax_and_values(masks, maskOffsets, nq, n, d, scale, sab, scores, out, ldo, NULL, v);
 }
 
 static uint16_t float_to_half(float f) {
@@ -939,8 +950,9 @@ void ck_kv_dequant_token(const uint8_t *codes, int bits, int rows, int d, int gr
     }
 }
 
-void ck_softmax_rows(const uint8_t *masks, const int *maskOffsets, int nq, int n, float scale, float *scores) {
-    for (int i = 0; i < nq; i++) softmax_row(scores + (size_t)i * n, masks + maskOffsets[i], n, scale);
+void ck_softmax_rows(const uint8_t *masks, const int *maskOffsets, int nq, int n, float scale, int sab, float *scores) {
+    for (int i = 0; i < nq; i++)
+        if (softmax_row(scores + (size_t)i * n, masks + maskOffsets[i], n, scale) && sab) sab_row(scores + (size_t)i * n, n);
 }
 
 void ck_weighted_rows_acc(const float *p, const float *v, int n, int d, float *out) {

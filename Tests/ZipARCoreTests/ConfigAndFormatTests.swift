@@ -12,7 +12,13 @@ final class ConfigAndFormatTests: XCTestCase {
         let bad: [[String: Any]] = [
             ["dim": 60, "n_head": 7], ["block_size": 250], ["n_head": 32, "n_kv_head": 5], ["model_type": "x2i"],
             ["dim": "64"], ["n_layer": 1.5], ["n_layer": true], ["norm_eps": -1], ["n_layer": 0],
+            ["attention_binarization": "sign"], ["attention_binarization": 1],
         ]
+        XCTAssertEqual(c.attention_binarization, "softmax")
+        let sab = try GPTConfig(json: ["attention_binarization": "sab"])
+        XCTAssertEqual(sab.attention_binarization, "sab")
+        XCTAssertEqual(try GPTConfig(json: sab.json), sab)   // written back only when it is not the default
+        XCTAssertNil(c.json["attention_binarization"])
         for b in bad { XCTAssertThrowsError(try GPTConfig(json: b), "\(b)") }
         XCTAssertThrowsError(try VQConfig(json: ["decoder_ch_mult": [1, 0]]))
         XCTAssertThrowsError(try VQConfig(json: ["codebook_l2_norm": 1]))

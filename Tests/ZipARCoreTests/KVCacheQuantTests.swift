@@ -211,7 +211,7 @@ final class KVCacheQuantTests: XCTestCase {
                 for b in 0..<batch { for l in 0..<layers { for h in 0..<heads {
                     let qv = randomKV(&rng, 2 * hd)
                     var offs: [Int32] = [Int32((b * 2) * S), Int32((b * 2 + 1) * S)], qs: [Int32] = qpos.map { Int32($0) }
-                    cache.attend(b, l, h, q: qv, nq: 2, n: n, masks: masks, maskOffsets: &offs, querySlots: &qs, scale: 0.25,
+                    cache.attend(b, l, h, q: qv, nq: 2, n: n, masks: masks, maskOffsets: &offs, querySlots: &qs, scale: 0.25, sab: false,
                                  scores: scores, out: &outQ, worker: 0)
                     // Naive attention over what the cache holds: dequantized sealed blocks, fp16 recent slots.
                     let held = heldKV(q, cache, b, l, h, n: n, K: K, V: V, idx: idx)
@@ -443,7 +443,7 @@ final class KVCacheQuantTests: XCTestCase {
             var out = [Float](repeating: 0, count: 2 * hd)
             let scores = UnsafeMutablePointer<Float>.allocate(capacity: 2 * 10); defer { scores.deallocate() }
             cache.attend(0, 0, 0, q: randomKV(&rng, 2 * hd), nq: 2, n: 10, masks: masks, maskOffsets: &offs, querySlots: &slotsQ,
-                         scale: 0.25, scores: scores, out: &out, worker: 0)
+                         scale: 0.25, sab: false, scores: scores, out: &out, worker: 0)
             for j in 0..<10 {
                 let want = scores[j] + (mode == .exact ? scores[10 + j] : 0)
                 XCTAssertEqual(q.acc[j], want, accuracy: 1e-7, "\(mode) slot \(j)")

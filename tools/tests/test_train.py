@@ -289,3 +289,38 @@ def test_binarize_tiny_end_to_end():
                             "-o", out, "--work", os.path.join(tmp, "bwork"), "--data", work, "--resume"],
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 0 and "resuming at step 3" in r.stdout, r.stderr[-2000:]
+        # --sab: trained with softmax-aware attention binarization, and the config says so for zipar
+        sab = os.path.join(tmp, "tiny-w1-sab")
+        r = subprocess.run([sys.executable, os.path.join(REPO, "tools", "train", "binarize.py"), "--tiny", "--sab", "--base", base,
+                            "-o", sab, "--work", os.path.join(tmp, "bwork-sab"), "--data", work],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        assert json.load(open(os.path.join(sab, "config.json")))["gpt"]["attention_binarization"] == "sab"
+        assert "attention_binarization" not in cfg["gpt"]
+
+
+def test_sab_attention_is_the_softmax_attention_with_binarized_probabilities(monkeypatch):
+    import torch
+    import binarize
+    from model import GPTArgs, Transformer
+    torch.manual_seed(0)
+    args = GPTArgs(dim=32, n_layer=1, n_head=2, n_kv_head=1, multiple_of=32, vocab_size=16, block_size=16,
+                   num_classes=1, cls_token_num=3, caption_dim=8)
+    ref = Transformer(args).eval()
+    with torch.no_grad():
+        ref.output.weight.normal_()
+    sab = Transformer(args).eval()
+    sab.load_state_dict(ref.state_dict())
+    binarize.use_sab(sab)
+    idx, cap, m = torch.randint(0, 16, (2, 5)), torch.randn(2, 3, 8), torch.tensor([[True] * 3, [False, True, True]])
+    want, _ = ref(idx, cap, m)
+    # identity in place of the binarization: exactly LlamaGen's attention
+    monkeypatch.setattr(binarize.SoftmaxAwareBinarize, "apply", staticmethod(lambda p: p))
+    got, _ = sab(idx, cap, m)
+    assert torch.allclose(got, want, atol=1e-5)
+    monkeypatch.undo()
+    binar, _ = sab(idx, cap, m)
+    assert not torch.allclose(binar, want, atol=1e-3)
+    p = torch.softmax(torch.randn(4, 7), -1)
+    b = binarize.SoftmaxAwareBinarize.apply(p)
+    assert torch.equal(b, (p >= 0.25 * p.amax(-1, keepdim=True)).float()) and (b.sum(-1) >= 1).all()

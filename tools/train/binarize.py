@@ -20,8 +20,8 @@ export. Training starts from the float model (its weights are the latent weights
 model as a distillation teacher (KL on the logits) next to the cross-entropy on the tokens.
 
 --sab adds BiViT's softmax-aware attention binarization (attention probabilities p >= 0.25 * max
-become 1, the rest 0, no renormalisation; softmax gradient in the backward). zipar's engine does not
-run SAB attention, so a model trained with it is for study here, not for export to models/.
+become 1, the rest 0, no renormalisation; softmax gradient in the backward). The export then sets
+"attention_binarization": "sab" in config.json's gpt section, and zipar's attention does the same.
 
 Export (a zipar model directory, the format of README "Quantized weights", scheme w1):
     P.qweight  U8  [n, k/8]  bit t of byte c in row j = 1 when B[j, 8c+t] = +1 (LSB first)
@@ -200,22 +200,23 @@ def use_sab(gpt):
     import model as M
 
     def forward(self, x, freqs_cis, mask):
-        bsz, seqlen, _ = x.shape
-        kv_size = self.n_kv_head * self.head_dim
-        xq, xk, xv = self.wqkv(x).split([self.dim, kv_size, kv_size], dim=-1)
-        xq = xq.view(bsz, seqlen, self.n_head, self.head_dim)
-        xk = xk.view(bsz, seqlen, self.n_kv_head, self.head_dim)
-        xv = xv.view(bsz, seqlen, self.n_kv_head, self.head_dim)
-        xq, xk = M.apply_rotary_emb(xq, freqs_cis), M.apply_rotary_emb(xk, freqs_cis)
-        xq, xk, xv = (t.transpose(1, 2) for t in (xq, xk, xv))
+        # model.Attention.forward with the softmax-weighted sum replaced by B @ V.
+        B, S, _ = x.shape
+        kv = self.n_kv_head * self.head_dim
+        q, k, v = self.wqkv(x).split([self.n_head * self.head_dim, kv, kv], dim=-1)
+        q = M.apply_rotary_emb(q.view(B, S, self.n_head, self.head_dim), freqs_cis)
+        k = M.apply_rotary_emb(k.view(B, S, self.n_kv_head, self.head_dim), freqs_cis)
+        v = v.view(B, S, self.n_kv_head, self.head_dim)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         if self.n_kv_head != self.n_head:
-            rep = self.n_head // self.n_kv_head
-            xk, xv = xk.repeat_interleave(rep, dim=1), xv.repeat_interleave(rep, dim=1)
-        s = (xq @ xk.transpose(-2, -1)) * self.head_dim ** -0.5
-        s = s.masked_fill(~mask, float("-inf"))
-        p = SoftmaxAwareBinarize.apply(torch.softmax(s.float(), dim=-1).to(xq.dtype))
-        out = (p @ xv).transpose(1, 2).contiguous().view(bsz, seqlen, self.dim)
-        return self.wo(out)
+            r = self.n_head // self.n_kv_head
+            k, v = k.repeat_interleave(r, dim=1), v.repeat_interleave(r, dim=1)
+        if mask is None:
+            mask = torch.tril(torch.ones(S, S, dtype=torch.bool))
+        s = (q @ k.transpose(-2, -1)) * self.head_dim ** -0.5
+        p = torch.softmax(s.masked_fill(~mask, float("-inf")), dim=-1)
+        o = (SoftmaxAwareBinarize.apply(p) @ v).transpose(1, 2).contiguous().view(B, S, -1)
+        return self.resid_dropout(self.wo(o))
 
     for layer in gpt.layers:
         layer.attention.forward = forward.__get__(layer.attention)
@@ -272,7 +273,9 @@ def export(out, base, gpt, text_sd, info, sab):
             shutil.copyfile(os.path.join(base, f), os.path.join(tmp, f))
         with open(os.path.join(base, "config.json")) as f:
             config = json.load(f)
-        config["name"] = config["name"] + "-w1"
+        config["name"] = config["name"] + "-w1" + ("-sab" if sab else "")
+        if sab:
+            config["gpt"]["attention_binarization"] = "sab"
         config["quant"] = {"scheme": "w1", "source": os.path.basename(os.path.normpath(base)), "head": "fp32",
                            "trained": "tools/train/binarize.py", "attention": "sab" if sab else "softmax"}
         config["training"] = {"base": config.get("training", {}), "binarize": info}

@@ -22,14 +22,16 @@ void ck_gemm_rows_f16(const float *x, int m, int k, const uint16_t *w, int j0, i
    cache slots, reading every key and value row once for the whole group:
      for query i: s_ij = (q_i . k_j) * scale if mask_i[j] else -inf; p_i = softmax(s_i); out_i = sum_j p_ij v_j
    q_i = q[i*ldq ...], mask_i = masks + maskOffsets[i] (n entries), out_i = out[i*ldo ...].
-   scores is scratch [nq * n]. A query with no visible slot gets a zero output. */
+   scores is scratch [nq * n]. A query with no visible slot gets a zero output.
+   sab != 0: BiViT's softmax-aware binarization, p_ij -> 1 if p_ij >= 0.25 * max_j p_ij else 0 (no
+   renormalisation), for models trained with it (config "attention_binarization": "sab"). */
 void ck_attend_group(const float *q, int ldq, const float *k, const float *v, const uint8_t *masks,
-                     const int *maskOffsets, int nq, int n, int d, float scale, float *scores,
+                     const int *maskOffsets, int nq, int n, int d, float scale, int sab, float *scores,
                      float *out, int ldo);
 
 /* The same with keys and values stored as IEEE half floats (the fp16 KV cache). */
 void ck_attend_group_f16(const float *q, int ldq, const uint16_t *k, const uint16_t *v, const uint8_t *masks,
-                         const int *maskOffsets, int nq, int n, int d, float scale, float *scores,
+                         const int *maskOffsets, int nq, int n, int d, float scale, int sab, float *scores,
                          float *out, int ldo);
 
 /* Attention scores of nq contiguous queries [nq, d] against n key rows [n, d] (fp32 or fp16):
@@ -50,8 +52,9 @@ void ck_kv_dequant_channel(const uint8_t *codes, int bits, int rows, int d, cons
                            const uint16_t *ids, float *out);
 void ck_kv_dequant_token(const uint8_t *codes, int bits, int rows, int d, int group, const uint16_t *params,
                          int paramStride, const uint16_t *chanScale, const uint16_t *ids, float *out);
-/* Masked, scaled softmax of nq score rows of n entries in place (a row with no visible slot becomes zeros). */
-void ck_softmax_rows(const uint8_t *masks, const int *maskOffsets, int nq, int n, float scale, float *scores);
+/* Masked, scaled softmax of nq score rows of n entries in place (a row with no visible slot becomes zeros);
+   binarized by SAB when sab != 0 (as ck_attend_group). */
+void ck_softmax_rows(const uint8_t *masks, const int *maskOffsets, int nq, int n, float scale, int sab, float *scores);
 /* out[d] += sum_j p[j] * v[j*d ...] (fp32 or fp16 value rows); d <= 512. */
 void ck_weighted_rows_acc(const float *p, const float *v, int n, int d, float *out);
 void ck_weighted_rows_acc_f16(const float *p, const uint16_t *v, int n, int d, float *out);

@@ -17,6 +17,10 @@ public struct GPTConfig: Equatable, Sendable {
     public var cls_token_num = 1
     public var model_type = "c2i"
     public var caption_dim = 2048
+    /// "softmax" (LlamaGen), or "sab": BiViT's softmax-aware attention binarization (probabilities
+    /// >= 0.25 x the row's largest become 1, the rest 0), for models trained with it
+    /// (tools/train/binarize.py --sab). Not a LlamaGen field; absent = softmax.
+    public var attention_binarization = "softmax"
 
     public init() {}
 
@@ -57,6 +61,9 @@ public struct GPTConfig: Equatable, Sendable {
             guard caption_dim > 0 else { throw bad("caption_dim must be positive") }
         }
         guard ffnHidden > 0 else { throw bad("FFN hidden size must be positive") }
+        guard attention_binarization == "softmax" || attention_binarization == "sab" else {
+            throw bad("attention_binarization must be softmax or sab, got \(attention_binarization)")
+        }
     }
 }
 
@@ -148,6 +155,7 @@ extension GPTConfig {
         cls_token_num = try r.int("cls_token_num", cls_token_num)
         model_type = try r.string("model_type", model_type)
         caption_dim = try r.int("caption_dim", caption_dim)
+        attention_binarization = try r.string("attention_binarization", attention_binarization)
         try validate()
     }
 
@@ -158,6 +166,7 @@ extension GPTConfig {
                                 "cls_token_num": cls_token_num, "model_type": model_type, "caption_dim": caption_dim]
         d["n_kv_head"] = n_kv_head ?? NSNull()
         d["ffn_dim_multiplier"] = ffn_dim_multiplier ?? NSNull()
+        if attention_binarization != "softmax" { d["attention_binarization"] = attention_binarization }
         return d
     }
 }

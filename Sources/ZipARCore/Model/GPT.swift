@@ -237,7 +237,7 @@ public final class GPT {
     private func attention(state: ForwardState, cache: KVCache, layer: Int, positions: [Int], rowsOf: [[Int]]) {
         let c = config, hd = c.headDim, nh = c.n_head, nkv = c.kvHeads
         let qkvW = (nh + 2 * nkv) * hd, group = nh / nkv, S = cache.slots
-        let scale = 1 / Float(hd).squareRoot()
+        let scale = 1 / Float(hd).squareRoot(), sab = c.attention_binarization == "sab"
         let B = rowsOf.count
         let qkv = state.qkv.data, att = state.att.data, mask = state.mask, scores = state.scores.data
         let work = positions.reduce(0) { $0 + $1 } * nh * hd
@@ -265,7 +265,7 @@ public final class GPT {
                 }
                 // The cache reads its own stored form (dense, or one dequantized block at a time).
                 cache.attend(b, layer, g, q: qbuf, nq: nq, n: n, masks: mask, maskOffsets: offsets, querySlots: qslots,
-                             scale: scale, scores: sc, out: obuf, worker: worker)
+                             scale: scale, sab: sab, scores: sc, out: obuf, worker: worker)
                 for (ri, r) in rows.enumerated() {
                     (att + r * c.dim + g * group * hd).update(from: obuf + ri * group * hd, count: group * hd)
                 }

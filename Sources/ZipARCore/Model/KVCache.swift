@@ -56,9 +56,10 @@ protocol KVStorage: AnyObject {
     var formatBitsPerValue: Double { get }
     func store(_ b: Int, _ layer: Int, _ head: Int, slot: Int, key: UnsafePointer<Float>, value: UnsafePointer<Float>)
     /// Attention of nq queries q[nq][hd] of one (batch entry, layer, KV head) over slots [0, n):
-    /// scores is scratch [nq][n] (left holding the probabilities), out is [nq][hd].
+    /// scores is scratch [nq][n] (left holding the probabilities), out is [nq][hd]. sab: BiViT's
+    /// softmax-aware binarization of the probabilities (models trained with it).
     func attend(_ b: Int, _ layer: Int, _ head: Int, q: UnsafePointer<Float>, nq: Int, n: Int, masks: UnsafePointer<UInt8>,
-                maskOffsets: UnsafePointer<Int32>, querySlots: UnsafePointer<Int32>, scale: Float,
+                maskOffsets: UnsafePointer<Int32>, querySlots: UnsafePointer<Int32>, scale: Float, sab: Bool,
                 scores: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>, worker: Int)
     /// Called once per forward pass after the masks are built (queries per slot for ZipCache).
     func beginPass(positions: [Int], batchOf: [Int], masks: UnsafePointer<UInt8>, slots: Int)
@@ -147,10 +148,10 @@ public final class KVCache {
 
     @inline(__always)
     func attend(_ b: Int, _ layer: Int, _ head: Int, q: UnsafePointer<Float>, nq: Int, n: Int, masks: UnsafePointer<UInt8>,
-                maskOffsets: UnsafePointer<Int32>, querySlots: UnsafePointer<Int32>, scale: Float,
+                maskOffsets: UnsafePointer<Int32>, querySlots: UnsafePointer<Int32>, scale: Float, sab: Bool,
                 scores: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>, worker: Int) {
         storage.attend(b, layer, head, q: q, nq: nq, n: n, masks: masks, maskOffsets: maskOffsets, querySlots: querySlots,
-                       scale: scale, scores: scores, out: out, worker: worker)
+                       scale: scale, sab: sab, scores: scores, out: out, worker: worker)
     }
 
     /// Back to an empty cache (zeros, nothing written) for the next image.
@@ -201,15 +202,15 @@ final class DenseKV: KVStorage {
     }
 
     func attend(_ b: Int, _ layer: Int, _ head: Int, q: UnsafePointer<Float>, nq: Int, n: Int, masks: UnsafePointer<UInt8>,
-                maskOffsets: UnsafePointer<Int32>, querySlots: UnsafePointer<Int32>, scale: Float,
+                maskOffsets: UnsafePointer<Int32>, querySlots: UnsafePointer<Int32>, scale: Float, sab: Bool,
                 scores: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>, worker: Int) {
         let o = base(b, layer, head), hd = Int32(headDim)
         if half {
             ck_attend_group_f16(q, hd, keys.assumingMemoryBound(to: UInt16.self) + o, values.assumingMemoryBound(to: UInt16.self) + o,
-                                masks, maskOffsets, Int32(nq), Int32(n), hd, scale, scores, out, hd)
+                                masks, maskOffsets, Int32(nq), Int32(n), hd, scale, sab ? 1 : 0, scores, out, hd)
         } else {
             ck_attend_group(q, hd, keys.assumingMemoryBound(to: Float.self) + o, values.assumingMemoryBound(to: Float.self) + o,
-                            masks, maskOffsets, Int32(nq), Int32(n), hd, scale, scores, out, hd)
+                            masks, maskOffsets, Int32(nq), Int32(n), hd, scale, sab ? 1 : 0, scores, out, hd)
         }
     }
 

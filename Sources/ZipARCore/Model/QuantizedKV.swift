@@ -242,7 +242,7 @@ final class QuantizedKV: KVStorage {
     @inline(__always) static func isProbe(_ slot: Int32) -> Bool { slot % 10 == 9 }
 
     func attend(_ b: Int, _ layer: Int, _ head: Int, q: UnsafePointer<Float>, nq: Int, n: Int, masks: UnsafePointer<UInt8>,
-                maskOffsets: UnsafePointer<Int32>, querySlots: UnsafePointer<Int32>, scale: Float,
+                maskOffsets: UnsafePointer<Int32>, querySlots: UnsafePointer<Int32>, scale: Float, sab: Bool,
                 scores: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>, worker: Int) {
         precondition(worker < workers, "more attention workers than the cache was made for")
         let hd = headDim, hi = headIndex(b, layer, head)
@@ -267,7 +267,7 @@ final class QuantizedKV: KVStorage {
             }
         }
         if nRecent > 0 { ck_attn_scores_f16(q, Int32(nq), Int32(hd), rk, Int32(nRecent), scores + recentStart, Int32(n)) }
-        ck_softmax_rows(masks, maskOffsets, Int32(nq), Int32(n), scale, scores)
+        ck_softmax_rows(masks, maskOffsets, Int32(nq), Int32(n), scale, sab ? 1 : 0, scores)
         // Saliency: attention received by each open slot (sealed slots are already split).
         if scored && nRecent > 0 {
             let a = acc + hi * cap
