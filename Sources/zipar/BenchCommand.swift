@@ -45,7 +45,7 @@ struct BenchCommand: ParsableCommand {
     var profile = false
     @Flag(help: "Print JSON instead of tables.")
     var json = false
-    @Option(help: "Weight schemes to compare side by side, e.g. fp32,w8a8,w4a8-dgq (an fp32 model is quantized in memory).")
+    @Option(help: "Weight schemes to compare side by side, e.g. fp32,w8a8,w4a8-dgq,w1 (an fp32 model is quantized in memory).")
     var schemes: String?
     @Option(help: "With --schemes: random-token calibration samples for the in-memory DGQ search (speed only; quality needs `zipar quantize`).")
     var calib: Int = 1
@@ -400,12 +400,12 @@ struct BenchCommand: ParsableCommand {
     }
 }
 
-/// "fp32,w8a8,w4a8-dgq" -> schemes (a usage error names the bad entry).
+/// "fp32,w8a8,w4a8-dgq,w1" -> schemes (a usage error names the bad entry).
 func parseSchemes(_ text: String) throws -> [WeightScheme] {
     let parts = text.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }
-    guard !parts.isEmpty else { throw ValidationError("--schemes needs at least one of fp32, w8a8, w4a8-dgq") }
+    guard !parts.isEmpty else { throw ValidationError("--schemes needs at least one of fp32, w8a8, w4a8-dgq, w1") }
     return try parts.map { p in
-        guard let s = WeightScheme(rawValue: p) else { throw ValidationError("unknown weight scheme '\(p)': choose fp32, w8a8 or w4a8-dgq") }
+        guard let s = WeightScheme(rawValue: p) else { throw ValidationError("unknown weight scheme '\(p)': choose fp32, w8a8, w4a8-dgq or w1") }
         return s
     }
 }
