@@ -116,7 +116,8 @@ struct BenchCommand: ParsableCommand {
                     guard g.weightScheme == .fp32 else { throw ZipARError("\(name) is already quantized (\(g.weightScheme.rawValue)); --schemes needs an fp32 model") }
                     let t0 = Date()
                     try quantizeForBench(g, s)
-                    if !json { eprint(String(format: "quantized %@ in memory to %@ (%.0f s; DGQ calibrated on %d random-token sample(s))", name, s.rawValue, Date().timeIntervalSince(t0), calib)) }
+                    let how = s == .w4a8dgq ? String(format: "; DGQ calibrated on %d random-token sample(s)", calib) : s == .w1 ? "; post-training binarization, timing only" : ""
+                    if !json { eprint(String(format: "quantized %@ in memory to %@ (%.0f s%@)", name, s.rawValue, Date().timeIntervalSince(t0), how)) }
                 }
                 models.append((s.rawValue, g))
             }
