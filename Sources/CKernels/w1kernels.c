@@ -111,7 +111,7 @@ static void w1_generic(const uint64_t *planes, const float *sx, const int32_t *x
 #define W1_INLINE static inline __attribute__((always_inline))
 #define W1_MAXMI 8
 
-/* One weight row against MI activation rows: lane b of acc[r] counts plane b over the whole row,
+/* One weight row (the n % 8 rest) against MI activation rows: lane b of acc[r] counts plane b over the whole row,
    weighted by 2^b only once at the end. */
 W1_INLINE W1_AVX void w1_tile(int MI, const uint64_t *planes, const float *sx, const int32_t *xsum, int words,
                               const uint64_t *wr, int32_t popc, float alpha, int j, float *y, int ldy, int32_t *accOut, int ldacc) {
@@ -133,13 +133,64 @@ W1_INLINE W1_AVX void w1_tile(int MI, const uint64_t *planes, const float *sx, c
     }
 }
 
-/* Weight rows outside, activation rows inside: each weight row is read from memory once per call and
-   stays in L1 while every tile of activation rows (their planes: m*k bytes, in L1/L2) passes over it. */
+/* Lane r of the result = the sum of the 8 lanes of v[r] (three rounds of pairwise adds). */
+W1_INLINE W1_AVX __m512i w1_reduce8(const __m512i *v) {
+    __m512i p[4];
+    for (int t = 0; t < 4; t++)   /* [a0+a1, b0+b1, a2+a3, b2+b3, ...] */
+        p[t] = _mm512_add_epi64(_mm512_unpacklo_epi64(v[2 * t], v[2 * t + 1]), _mm512_unpackhi_epi64(v[2 * t], v[2 * t + 1]));
+    __m512i q0 = _mm512_add_epi64(_mm512_shuffle_i64x2(p[0], p[1], _MM_SHUFFLE(2, 0, 2, 0)), _mm512_shuffle_i64x2(p[0], p[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    __m512i q1 = _mm512_add_epi64(_mm512_shuffle_i64x2(p[2], p[3], _MM_SHUFFLE(2, 0, 2, 0)), _mm512_shuffle_i64x2(p[2], p[3], _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm512_add_epi64(_mm512_shuffle_i64x2(q0, q1, _MM_SHUFFLE(2, 0, 2, 0)), _mm512_shuffle_i64x2(q0, q1, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+#define W1_TM 3   /* activation rows per 8-weight-row tile: 24 accumulators + 3 plane registers */
+
+/* Weight rows j0..j0+7 against MI activation rows: each plane vector loaded once serves 8 weight
+   rows, and the 8 outputs of an activation row are reduced and stored together. */
+W1_INLINE W1_AVX void w1_tile8(int MI, const uint64_t *planes, const float *sx, const int32_t *xsum, int words,
+                               const uint64_t *wr, const int32_t *popc, const float *alpha, int j0,
+                               float *y, int ldy, int32_t *accOut, int ldacc) {
+    __m512i acc[W1_TM][8];
+    for (int r = 0; r < MI; r++) for (int c = 0; c < 8; c++) acc[r][c] = _mm512_setzero_si512();
+    for (int w = 0; w < words; w++) {
+        __m512i p[W1_TM];
+        for (int r = 0; r < MI; r++) p[r] = _mm512_loadu_si512((const void *)(planes + ((size_t)r * words + w) * 8));
+        for (int c = 0; c < 8; c++) {
+            __m512i wv = _mm512_set1_epi64((long long)wr[(size_t)c * words + w]);
+            for (int r = 0; r < MI; r++) acc[r][c] = _mm512_add_epi64(acc[r][c], _mm512_popcnt_epi64(_mm512_and_si512(p[r], wv)));
+        }
+    }
+    const __m512i shift = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+    __m256i pc256 = _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)(popc + j0)), 8);
+    __m256 al = _mm256_loadu_ps(alpha + j0);
+    for (int r = 0; r < MI; r++) {
+        for (int c = 0; c < 8; c++) acc[r][c] = _mm512_sllv_epi64(acc[r][c], shift);
+        __m256i s1 = _mm512_cvtepi64_epi32(w1_reduce8(acc[r]));   /* S1 <= 255 k: fits int32 */
+        __m256i a = _mm256_sub_epi32(_mm256_sub_epi32(_mm256_add_epi32(s1, s1), _mm256_set1_epi32(xsum[r])), pc256);
+        _mm256_storeu_ps(y + (size_t)r * ldy + j0, _mm256_mul_ps(_mm256_cvtepi32_ps(a), _mm256_mul_ps(al, _mm256_set1_ps(sx[r]))));
+        if (accOut) _mm256_storeu_si256((__m256i *)(accOut + (size_t)r * ldacc + j0), a);
+    }
+}
+
+/* Weight rows outside (8 at a time, the rest one by one), activation rows inside: each weight row is
+   read from memory once per call and stays in L1 while every tile of activation rows (their planes:
+   m*k bytes, in L1/L2) passes over it. */
 W1_AVX static void w1_avx512(const uint64_t *planes, const float *sx, const int32_t *xsum, int m, int k,
                              const uint64_t *bits, const int32_t *popc, const float *alpha, int j0, int j1,
                              float *y, int ldy, int32_t *accOut, int ldacc) {
-    int words = k / 64;
-    for (int j = j0; j < j1; j++) {
+    int words = k / 64, j = j0;
+    for (; j + 8 <= j1; j += 8) {
+        const uint64_t *wr = bits + (size_t)j * words;
+        for (int i = 0; i < m;) {
+            int left = m - i, mi = left <= W1_TM ? left : left == 4 ? 2 : W1_TM;   /* 4 = 2+2, 5 = 3+2, ... */
+#define W1CALL8(MI) w1_tile8(MI, planes + (size_t)i * words * 8, sx + i, xsum + i, words, wr, popc, alpha, j, \
+                             y + (size_t)i * ldy, ldy, accOut ? accOut + (size_t)i * ldacc : 0, ldacc)
+            switch (mi) { case 1: W1CALL8(1); break; case 2: W1CALL8(2); break; default: W1CALL8(3); break; }
+#undef W1CALL8
+            i += mi;
+        }
+    }
+    for (; j < j1; j++) {
         const uint64_t *wr = bits + (size_t)j * words;
         for (int i = 0; i < m;) {
             /* Rows 8 at a time; a remainder is balanced so no tile is tiny (10 = 5+5). */

@@ -226,7 +226,7 @@ public final class QuantizedLinear {
             let bits = UnsafeRawPointer(packed).assumingMemoryBound(to: UInt64.self)
             let chunks = n * k >= 1 << 18 ? min(4 * Parallel.threads, max(1, n / 64)) : 1
             Parallel.run(chunks: chunks) { part, parts, _ in
-                let r = Parallel.range(part, of: parts, n: n)
+                let r = Parallel.range(part, of: parts, n: n, align: 8)   // the kernel's 8-row tiles
                 guard !r.isEmpty else { return }
                 ck_qgemm_w1(planes, sx, gsum, Int32(m), Int32(k), bits, popcounts, rowScale, Int32(r.lowerBound), Int32(r.upperBound),
                             y, Int32(n), acc, Int32(n))
