@@ -45,7 +45,7 @@ struct BenchCommand: ParsableCommand {
     var profile = false
     @Flag(help: "Print JSON instead of tables.")
     var json = false
-    @Option(help: "Weight schemes to compare side by side, e.g. fp32,w8a8,w4a8-dgq (an fp32 model is quantized in memory).")
+    @Option(help: "Weight schemes to compare side by side, e.g. fp32,w8a8,w4a8-dgq,w1 (an fp32 model is quantized in memory).")
     var schemes: String?
     @Option(help: "With --schemes: random-token calibration samples for the in-memory DGQ search (speed only; quality needs `zipar quantize`).")
     var calib: Int = 1
@@ -116,7 +116,8 @@ struct BenchCommand: ParsableCommand {
                     guard g.weightScheme == .fp32 else { throw ZipARError("\(name) is already quantized (\(g.weightScheme.rawValue)); --schemes needs an fp32 model") }
                     let t0 = Date()
                     try quantizeForBench(g, s)
-                    if !json { eprint(String(format: "quantized %@ in memory to %@ (%.0f s; DGQ calibrated on %d random-token sample(s))", name, s.rawValue, Date().timeIntervalSince(t0), calib)) }
+                    let how = s == .w4a8dgq ? String(format: "; DGQ calibrated on %d random-token sample(s)", calib) : s == .w1 ? "; post-training binarization, timing only" : ""
+                    if !json { eprint(String(format: "quantized %@ in memory to %@ (%.0f s%@)", name, s.rawValue, Date().timeIntervalSince(t0), how)) }
                 }
                 models.append((s.rawValue, g))
             }
@@ -400,12 +401,12 @@ struct BenchCommand: ParsableCommand {
     }
 }
 
-/// "fp32,w8a8,w4a8-dgq" -> schemes (a usage error names the bad entry).
+/// "fp32,w8a8,w4a8-dgq,w1" -> schemes (a usage error names the bad entry).
 func parseSchemes(_ text: String) throws -> [WeightScheme] {
     let parts = text.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }
-    guard !parts.isEmpty else { throw ValidationError("--schemes needs at least one of fp32, w8a8, w4a8-dgq") }
+    guard !parts.isEmpty else { throw ValidationError("--schemes needs at least one of fp32, w8a8, w4a8-dgq, w1") }
     return try parts.map { p in
-        guard let s = WeightScheme(rawValue: p) else { throw ValidationError("unknown weight scheme '\(p)': choose fp32, w8a8 or w4a8-dgq") }
+        guard let s = WeightScheme(rawValue: p) else { throw ValidationError("unknown weight scheme '\(p)': choose fp32, w8a8, w4a8-dgq or w1") }
         return s
     }
 }

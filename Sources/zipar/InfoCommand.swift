@@ -26,7 +26,7 @@ struct InfoCommand: ParsableCommand {
         print("grid         \(g.gridSize)x\(g.gridSize) tokens -> \(dir.imageSize)x\(dir.imageSize) px")
         print("gpt weights  \(String(format: "%.1fM", Double(gs.params) / 1e6)) params, \(gs.dtypes) on disk \(mb(gs.bytes)), \(mb(gs.params * 4)) as fp32 in memory")
         if let q = dir.raw["quant"] as? [String: Any] {
-            // Element counts above are of the stored tensors (two 4-bit codes per U8); this line says what they hold.
+            // Element counts above are of the stored tensors (two 4-bit codes or eight W1 sign bits per U8); this line says what they hold.
             var line = "quant        \(q["scheme"] ?? "?") blocks, head \(q["head"] ?? "?"), \(q["activations"] ?? "?") activation scales"
             if let gsz = q["group_size"] { line += ", group \(gsz), calibrated on \(q["calib"] ?? "?") prompts (seed \(q["seed"] ?? "?"))" }
             if let c = q["check"] as? [String: Any], let t = c["top1_agreement"] as? Double, let kl = c["mean_kl"] as? Double {

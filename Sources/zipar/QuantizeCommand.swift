@@ -6,10 +6,10 @@ import ZipARCore
 /// and/or an INT8 VQ decoder (same layout; integer safetensors tensors + scales, see README "Quantized
 /// weights" and "INT8 VQ decoder"). Every other command runs the result unchanged.
 struct QuantizeCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "quantize", abstract: "Quantize a model's transformer weights (w8a8 or w4a8-dgq) and/or its VQ decoder (int8-mae).")
+    static let configuration = CommandConfiguration(commandName: "quantize", abstract: "Quantize a model's transformer weights (w8a8, w4a8-dgq or w1) and/or its VQ decoder (int8-mae).")
 
     @OptionGroup var modelOptions: ModelOptions
-    @Option(help: "Transformer: w8a8 (INT8 per output channel, per-token INT8 activations), w4a8-dgq (DGQ A8W4, calibrated) or fp32 (unchanged; with --decoder). Optional when --decoder is given.")
+    @Option(help: "Transformer: w8a8 (INT8 per output channel, per-token INT8 activations), w4a8-dgq (DGQ A8W4, calibrated), w1 (post-training binarization: one sign bit per weight and a scale per row; this destroys the quality of a float-trained model, a usable w1 model is trained binarized) or fp32 (unchanged; with --decoder). Optional when --decoder is given.")
     var scheme: String?
     @Option(help: "VQ decoder: int8-mae (INT8 convolutions, RepAPQ-style MAE calibration across blocks). Default: left fp32.")
     var decoder: String?
@@ -37,10 +37,10 @@ struct QuantizeCommand: ParsableCommand {
     func validate() throws {
         if let d = decoder, d != "int8-mae" { throw ValidationError("--decoder must be int8-mae, got '\(d)'") }
         if let sc = scheme {
-            guard let s = WeightScheme(rawValue: sc) else { throw ValidationError("--scheme must be w8a8, w4a8-dgq or fp32 (with --decoder)") }
-            if s == .fp32 && decoder == nil { throw ValidationError("--scheme fp32 quantizes nothing: add --decoder int8-mae, or choose w8a8 or w4a8-dgq") }
+            guard let s = WeightScheme(rawValue: sc) else { throw ValidationError("--scheme must be w8a8, w4a8-dgq, w1 or fp32 (with --decoder)") }
+            if s == .fp32 && decoder == nil { throw ValidationError("--scheme fp32 quantizes nothing: add --decoder int8-mae, or choose w8a8, w4a8-dgq or w1") }
         } else if decoder == nil {
-            throw ValidationError("give --scheme w8a8|w4a8-dgq and/or --decoder int8-mae")
+            throw ValidationError("give --scheme w8a8|w4a8-dgq|w1 and/or --decoder int8-mae")
         }
         if decoderKeepFp32 != nil && decoder == nil { throw ValidationError("--decoder-keep-fp32 needs --decoder int8-mae") }
         guard calib >= 1, calib <= 4096 else { throw ValidationError("--calib must be between 1 and 4096") }

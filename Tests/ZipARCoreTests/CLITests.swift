@@ -141,6 +141,29 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(try zipar(["info"], environment: ["ZIPAR_MODEL": ""], directory: dir + "/proj").out.contains("8x8 tokens"))
     }
 
+    /// `quantize --scheme w1` (post-training binarization) writes a model every command runs unchanged.
+    func testQuantizeW1ThenGenerate() throws {
+        let r = try zipar(["quantize", "--model", model, "--scheme", "w1", "-o", dir + "/w1"])
+        XCTAssertTrue(r.out.contains("wrote") && r.out.contains("(w1,") && r.out.contains("top-1 agreement"), r.out)
+        let q = try ModelDirectory(path: dir + "/w1")
+        let quant = try XCTUnwrap(q.raw["quant"] as? [String: Any])
+        XCTAssertEqual(quant["scheme"] as? String, "w1"); XCTAssertEqual(quant["head"] as? String, "w8a8")
+        let gpt = try q.loadGPT()
+        XCTAssertEqual(gpt.weightScheme, .w1); XCTAssertEqual(gpt.output.scheme, .w8a8)
+        let file = try SafeTensorsFile(path: dir + "/w1/gpt.safetensors")
+        XCTAssertEqual(file.tensors["layers.0.attention.wqkv.qweight"]?.shape, [192, 8])
+        XCTAssertEqual(file.tensors["layers.0.attention.wqkv.qweight"]?.dtype, .U8)
+        try zipar(["generate", "--model", dir + "/w1", "--class", "1", "--window", "4", "-o", dir + "/w1.png", "--quiet"])
+        XCTAssertEqual(try ImageFile.read(dir + "/w1.png").image.width, 64)
+        XCTAssertTrue(try zipar(["info", "--model", dir + "/w1"]).out.contains("quant        w1 blocks"))
+        XCTAssertTrue(try zipar(["bench", "--model", dir + "/w1", "--windows", "4", "--no-vq", "--no-passes"]).out.contains("w1"))
+        // In-memory binarization of the fp32 model next to the others.
+        let b = try zipar(["bench", "--model", model, "--schemes", "fp32,w1", "--windows", "4", "--no-vq", "--no-passes"]).out
+        XCTAssertTrue(b.contains("(w1)"), b)
+        try zipar(["quantize", "--model", model, "--scheme", "w1", "--fp32-head", "-o", dir + "/w1f", "--quiet"])
+        XCTAssertEqual(try ModelDirectory(path: dir + "/w1f").loadGPT().output.scheme, .fp32)
+    }
+
     func testInfoAndSchedule() throws {
         let info = try zipar(["info", "--model", model]).out
         XCTAssertTrue(info.contains("8x8 tokens -> 64x64 px"), info)

@@ -37,6 +37,25 @@ void ck_qgemm_w4(const int8_t *xq, const float *sx, const int32_t *gsum, int m, 
 void ck_qgemm_w8(const int8_t *xq, const float *sx, const int32_t *gsum, int m, int k,
                  const uint8_t *packed, const float *rowscale, int n,
                  int b0, int b1, float *y, int ldy, int32_t *accOut, int ldacc);
+/* ------------------------------------------------------------------ W1A8 (binarized weights, w1kernels.c)
+   Weight (j, p) = alpha[j] * s[j,p] with s = +1 where bit p of row j is set, -1 where it is clear.
+   bits: row j is k/64 uint64 words at bits + j*(k/64), bit t of word w = column 64w + t (the file's
+   U8 [n, k/8] bytes read as little-endian words). popc[j] = number of 1-bits of row j. k % 64 == 0.
+   Activations are the W8A8 ones (xq in [-127, 127], per-token sx, xsum[i] = sum_p xq[i,p]).
+   With u = q + 128 in [0, 255] split into planes u = sum_b 2^b u_b, and S1 = sum over the 1-bits
+   of u = sum_b 2^b popcount(bits & plane_b):
+     acc[i][j] = sum_p s[j,p] q[i,p] = 2*sum_{1-bits} q - sum q = 2*S1 - xsum[i] - 256*popc[j]   (exact)
+   planes[(i*(k/64) + w)*8 + b] = plane b of u over columns 64w..64w+63 of row i (m*k bytes). */
+
+/* 1 when ck_qgemm_w1/ck_w1_planes take the AVX-512 VPOPCNTQ path (CPU support and ck_qkernel_level() == 2),
+   0 for the portable path (__builtin_popcountll); both give identical results. */
+int ck_w1_avx512(void);
+void ck_w1_planes(const int8_t *xq, int m, int k, uint64_t *planes);
+/* y[i*ldy + j] = (float)acc[i][j] * (alpha[j] * sx[i]) for i < m, j in [j0, j1); accOut as ck_qgemm_w8. */
+void ck_qgemm_w1(const uint64_t *planes, const float *sx, const int32_t *xsum, int m, int k,
+                 const uint64_t *bits, const int32_t *popc, const float *alpha, int j0, int j1,
+                 float *y, int ldy, int32_t *accOut, int ldacc);
+
 /* One DGQ search candidate over n weights (see qkernels.c); used by DGQ.search on both phases. */
 void ck_dgq_fakequant(const float *w, const float *src, float *clamped, int n, float lo, float hi,
                       float s, float z, float qlo, float qhi, float *diff);

@@ -40,6 +40,8 @@ public enum ModelQuantizer {
         case .fp32: return
         case .w8a8:
             for l in gpt.layers { for lin in [l.wqkv, l.wo, l.w1, l.w3, l.w2] { try quantizeW8(lin) } }
+        case .w1:
+            for l in gpt.layers { for lin in [l.wqkv, l.wo, l.w1, l.w3, l.w2] { try quantizeW1(lin) } }
         case .w4a8dgq:
             guard !samples.isEmpty else { throw ZipARError("DGQ needs at least one calibration sample") }
             for (i, layer) in gpt.layers.enumerated() {
@@ -54,6 +56,15 @@ public enum ModelQuantizer {
         guard let w = lin.weight else { throw ZipARError("layer is already quantized") }
         guard lin.inFeatures % 4 == 0 else { throw ZipARError("W8A8 needs input widths that are multiples of 4, got \(lin.inFeatures)") }
         lin.quantize(QuantizedLinear.w8a8(weight: w.data, rows: lin.outFeatures, cols: lin.inFeatures))
+    }
+
+    /// Post-training binarization (QuantizedLinear.w1). It keeps the sign pattern and the mean magnitude
+    /// only: on a float-trained model the outputs lose most of their quality; a usable W1 model is
+    /// trained for it (binarization-aware) and exported in the same format.
+    static func quantizeW1(_ lin: Linear) throws {
+        guard let w = lin.weight else { throw ZipARError("layer is already quantized") }
+        guard lin.inFeatures % 64 == 0 else { throw ZipARError("W1 needs input widths that are multiples of 64, got \(lin.inFeatures)") }
+        lin.quantize(QuantizedLinear.w1(weight: w.data, rows: lin.outFeatures, cols: lin.inFeatures))
     }
 
     /// Runs every sample through the model (teacher-forced, both CFG halves) with `observe` seeing the
@@ -163,8 +174,12 @@ public enum ModelQuantizer {
 }
 
 extension GPT {
-    /// The weight scheme of the transformer blocks (fp32 unless quantized).
-    public var weightScheme: WeightScheme { layers.first?.wqkv.scheme ?? .fp32 }
+    /// The weight scheme of the transformer blocks: the first quantized scheme among their Linears
+    /// (a trained W1 export may keep some of them float), fp32 if none is quantized.
+    public var weightScheme: WeightScheme {
+        for l in layers { for lin in [l.wqkv, l.wo, l.w1, l.w3, l.w2] where lin.scheme != .fp32 { return lin.scheme } }
+        return .fp32
+    }
 }
 
 /// How closely a quantized model follows its fp32 original: next-token predictions along the same

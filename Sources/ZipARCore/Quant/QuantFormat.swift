@@ -8,6 +8,12 @@ import Foundation
 ///                P.wscales8 F32 [n]     row scale s8;   weight = s8 * S * (q - z), |S * (q - z)| <= 127
 ///                P.input_scale F32 [1]  optional static activation scale s_x (absent: per-token scales)
 ///   W8A8:        P.qweight I8 [n, k], P.wscales8 F32 [n];   weight = s8 * q
+///   W1 (binarized, scheme "w1"): P.qweight U8 [n, k/8]  bit-packed signs: byte c of row j holds columns
+///                8c..8c+7, bit t (LSB = 0) is 1 for +alpha_j, 0 for -alpha_j; k a multiple of 64
+///                P.wscales8 F32 [n]     alpha_j > 0;    weight = alpha_j * (2 * bit - 1)
+///                (told apart from W4 by the shape: k/8 bytes per row instead of k/2)
+/// Schemes (WeightScheme): fp32, w8a8, w4a8-dgq, w1. One file may mix them per Linear (e.g. w1 blocks,
+/// a w8a8 or float output head); embeddings and norms are always float (F32, F16 or BF16).
 /// A VQ decoder convolution `P.weight` [out, in, k, k] may be stored as (INT8 VQ decoder):
 ///   P.qweight I8 [out, in, k, k], P.wscales8 F32 [out]   weight = wscales8[o] * q
 ///   P.input_scale F32 [1], P.input_zero U8 [1]           input  = input_scale * (u - input_zero), u in [0, 255]
@@ -29,8 +35,14 @@ public enum QuantFormat {
         let s8 = s8t.array
         guard s8.allSatisfy({ $0.isFinite }) else { throw bad("wscales8 holds a non-finite value") }
         switch qi.dtype {
+        case .U8 where qi.shape.count == 2 && qi.shape[0] == n && qi.shape[1] * 8 == k:
+            guard k % 64 == 0 else { throw bad("W1 sign bits need an input width that is a multiple of 64, got \(k)") }
+            guard s8.allSatisfy({ $0 > 0 }) else { throw bad("W1 wscales8 (alpha) must be positive") }
+            return Linear(quantized: QuantizedLinear(signBits: [UInt8](file.bytes(qi)), rows: n, cols: k, alphas: s8))
         case .U8:
-            guard qi.shape == [n, k / 2], k % 8 == 0 else { throw bad("qweight U8 has shape \(qi.shape), expected [\(n), \(k / 2)] with \(k) a multiple of 8") }
+            guard qi.shape == [n, k / 2], k % 8 == 0 else {
+                throw bad("qweight U8 has shape \(qi.shape), expected [\(n), \(k / 2)] (W4, \(k) a multiple of 8) or [\(n), \(k / 8)] (W1, \(k) a multiple of 64)")
+            }
             guard let si = file.tensors[p + ".wscales"], let zi = file.tensors[p + ".wzeros"], si.dtype == .I8, zi.dtype == .I8,
                   si.shape.count == 2, si.shape[0] == n, si.shape == zi.shape else {
                 throw bad("W4 weights need wscales and wzeros, I8 [\(n), groups]")
@@ -55,7 +67,7 @@ public enum QuantFormat {
             let q = file.bytes(qi).map { Int8(bitPattern: $0) }
             return Linear(quantized: QuantizedLinear(int8: q, rows: n, cols: k, rowScales: s8))
         default:
-            throw bad("qweight is \(qi.dtype); expected U8 (W4A8) or I8 (W8A8)")
+            throw bad("qweight is \(qi.dtype); expected U8 (W4A8 or W1) or I8 (W8A8)")
         }
     }
 
@@ -116,6 +128,10 @@ public enum QuantFormat {
                        i8(".wscales", w.scales, [n, w.groups]), i8(".wzeros", w.zeros, [n, w.groups]), f32(".wscales8", w.rowScales)]
             if let sx = q.inputScale { out.append(f32(".input_scale", [sx])) }
             return out
+        case .w1:
+            var bits = Data(capacity: n * k / 8)
+            for j in 0..<n { bits.append(contentsOf: q.signBits(j)) }
+            return [SafeTensorsWriter.Entry(name: p + ".qweight", dtype: .U8, shape: [n, k / 8], bytes: bits), f32(".wscales8", q.rowScales)]
         default:
             let v = (0..<(n * k)).map { Int8(q.w8($0 / k, $0 % k)) }
             return [i8(".qweight", v, [n, k]), f32(".wscales8", q.rowScales)]

@@ -1,0 +1,218 @@
+/* W1A8 bit-serial GEMM (layouts and the identity in qkernels.h). The weights are one sign bit each,
+   so a pass streams k/8 bytes per output row; the activations (INT8 per token, as W8A8) are split
+   into 8 bit planes once per call, and every (weight word, activation row) pair costs one AND and one
+   popcount per plane. With the 8 planes of a 64-column word side by side in one zmm, a single
+   VPOPCNTQ counts all 8 planes of that word at once. Both paths compute the same exact int32. */
+#include "qkernels.h"
+#include <string.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define W1_X86 1
+#endif
+
+#ifdef W1_X86
+static int w1_cpu_has_vpopcnt(void) {
+    static int cached = -1;
+    if (cached < 0) {
+        __builtin_cpu_init();
+        cached = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                 __builtin_cpu_supports("avx512vpopcntdq");
+    }
+    return cached;
+}
+#endif
+
+/* The AVX-512 path runs where the CPU has VPOPCNTQ and the integer kernels are not forced below
+   level 2 (ck_qkernel_force; the tests use it to run the portable path on the same machine). */
+int ck_w1_avx512(void) {
+#ifdef W1_X86
+    return ck_qkernel_level() == 2 && w1_cpu_has_vpopcnt();
+#else
+    return 0;
+#endif
+}
+
+/* ------------------------------------------------------------------ activation bit planes */
+
+/* Bit b of the 8 bytes of x (byte t = column t) gathered into bits 0..7: after the mask the bits sit
+   at 8t; the multiplier moves bit 8t to 56 + t (exponents 56 - 7t), and no two partial products share
+   a bit position, so nothing carries. */
+static inline uint64_t plane_byte(uint64_t x, int b) {
+    return (((x >> b) & 0x0101010101010101ull) * 0x0102040810204080ull) >> 56;
+}
+
+static void planes_generic(const int8_t *xq, int m, int k, uint64_t *planes) {
+    int words = k / 64;
+    for (int i = 0; i < m; i++)
+        for (int w = 0; w < words; w++) {
+            uint64_t *dst = planes + ((size_t)i * words + w) * 8;
+            for (int b = 0; b < 8; b++) dst[b] = 0;
+            for (int c = 0; c < 8; c++) {
+                uint64_t x;
+                memcpy(&x, xq + (size_t)i * k + 64 * w + 8 * c, 8);
+                x ^= 0x8080808080808080ull;   /* u = q + 128 is q with its sign bit flipped */
+                for (int b = 0; b < 8; b++) dst[b] |= plane_byte(x, b) << (8 * c);
+            }
+        }
+}
+
+#ifdef W1_X86
+#define W1_AVX __attribute__((target("avx512f,avx512bw,avx512vl,avx512vpopcntdq")))
+
+/* vpmovb2m takes the top bit of 64 bytes at once: plane 7; doubling the bytes moves the next bit up. */
+W1_AVX static void planes_avx512(const int8_t *xq, int m, int k, uint64_t *planes) {
+    int words = k / 64;
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    for (int i = 0; i < m; i++)
+        for (int w = 0; w < words; w++) {
+            uint64_t *dst = planes + ((size_t)i * words + w) * 8;
+            __m512i u = _mm512_xor_si512(_mm512_loadu_si512((const void *)(xq + (size_t)i * k + 64 * w)), flip);
+            for (int b = 7; b >= 0; b--) {
+                dst[b] = (uint64_t)_mm512_movepi8_mask(u);
+                u = _mm512_add_epi8(u, u);
+            }
+        }
+}
+#endif
+
+void ck_w1_planes(const int8_t *xq, int m, int k, uint64_t *planes) {
+#ifdef W1_X86
+    if (ck_w1_avx512()) { planes_avx512(xq, m, k, planes); return; }
+#endif
+    planes_generic(xq, m, k, planes);
+}
+
+/* ------------------------------------------------------------------ GEMM */
+
+/* acc = sum_p s[j,p] * q[i,p] from S1 = sum over the 1-bits of u (see qkernels.h). */
+static inline int32_t w1_acc(int64_t s1, int32_t xsum, int32_t popc) {
+    return (int32_t)(2 * s1 - xsum - 256 * (int64_t)popc);
+}
+
+static void w1_generic(const uint64_t *planes, const float *sx, const int32_t *xsum, int m, int k,
+                       const uint64_t *bits, const int32_t *popc, const float *alpha, int j0, int j1,
+                       float *y, int ldy, int32_t *accOut, int ldacc) {
+    int words = k / 64;
+    for (int j = j0; j < j1; j++) {
+        const uint64_t *wr = bits + (size_t)j * words;
+        for (int i = 0; i < m; i++) {
+            const uint64_t *pr = planes + (size_t)i * words * 8;
+            int64_t s1 = 0;
+            for (int w = 0; w < words; w++)
+                for (int b = 0; b < 8; b++) s1 += (int64_t)__builtin_popcountll(wr[w] & pr[8 * w + b]) << b;
+            int32_t acc = w1_acc(s1, xsum[i], popc[j]);
+            if (accOut) accOut[(size_t)i * ldacc + j] = acc;
+            y[(size_t)i * ldy + j] = (float)acc * (alpha[j] * sx[i]);
+        }
+    }
+}
+
+#ifdef W1_X86
+#define W1_INLINE static inline __attribute__((always_inline))
+#define W1_MAXMI 8
+
+/* One weight row (the n % 8 rest) against MI activation rows: lane b of acc[r] counts plane b over the whole row,
+   weighted by 2^b only once at the end. */
+W1_INLINE W1_AVX void w1_tile(int MI, const uint64_t *planes, const float *sx, const int32_t *xsum, int words,
+                              const uint64_t *wr, int32_t popc, float alpha, int j, float *y, int ldy, int32_t *accOut, int ldacc) {
+    __m512i acc[W1_MAXMI];
+    for (int r = 0; r < MI; r++) acc[r] = _mm512_setzero_si512();
+    for (int w = 0; w < words; w++) {
+        __m512i wv = _mm512_set1_epi64((long long)wr[w]);
+        for (int r = 0; r < MI; r++) {
+            __m512i p = _mm512_loadu_si512((const void *)(planes + ((size_t)r * words + w) * 8));
+            acc[r] = _mm512_add_epi64(acc[r], _mm512_popcnt_epi64(_mm512_and_si512(p, wv)));
+        }
+    }
+    const __m512i shift = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+    for (int r = 0; r < MI; r++) {
+        int64_t s1 = _mm512_reduce_add_epi64(_mm512_sllv_epi64(acc[r], shift));
+        int32_t a = w1_acc(s1, xsum[r], popc);
+        if (accOut) accOut[(size_t)r * ldacc + j] = a;
+        y[(size_t)r * ldy + j] = (float)a * (alpha * sx[r]);
+    }
+}
+
+/* Lane r of the result = the sum of the 8 lanes of v[r] (three rounds of pairwise adds). */
+W1_INLINE W1_AVX __m512i w1_reduce8(const __m512i *v) {
+    __m512i p[4];
+    for (int t = 0; t < 4; t++)   /* [a0+a1, b0+b1, a2+a3, b2+b3, ...] */
+        p[t] = _mm512_add_epi64(_mm512_unpacklo_epi64(v[2 * t], v[2 * t + 1]), _mm512_unpackhi_epi64(v[2 * t], v[2 * t + 1]));
+    __m512i q0 = _mm512_add_epi64(_mm512_shuffle_i64x2(p[0], p[1], _MM_SHUFFLE(2, 0, 2, 0)), _mm512_shuffle_i64x2(p[0], p[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    __m512i q1 = _mm512_add_epi64(_mm512_shuffle_i64x2(p[2], p[3], _MM_SHUFFLE(2, 0, 2, 0)), _mm512_shuffle_i64x2(p[2], p[3], _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm512_add_epi64(_mm512_shuffle_i64x2(q0, q1, _MM_SHUFFLE(2, 0, 2, 0)), _mm512_shuffle_i64x2(q0, q1, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+#define W1_TM 3   /* activation rows per 8-weight-row tile: 24 accumulators + 3 plane registers */
+
+/* Weight rows j0..j0+7 against MI activation rows: each plane vector loaded once serves 8 weight
+   rows, and the 8 outputs of an activation row are reduced and stored together. */
+W1_INLINE W1_AVX void w1_tile8(int MI, const uint64_t *planes, const float *sx, const int32_t *xsum, int words,
+                               const uint64_t *wr, const int32_t *popc, const float *alpha, int j0,
+                               float *y, int ldy, int32_t *accOut, int ldacc) {
+    __m512i acc[W1_TM][8];
+    for (int r = 0; r < MI; r++) for (int c = 0; c < 8; c++) acc[r][c] = _mm512_setzero_si512();
+    for (int w = 0; w < words; w++) {
+        __m512i p[W1_TM];
+        for (int r = 0; r < MI; r++) p[r] = _mm512_loadu_si512((const void *)(planes + ((size_t)r * words + w) * 8));
+        for (int c = 0; c < 8; c++) {
+            __m512i wv = _mm512_set1_epi64((long long)wr[(size_t)c * words + w]);
+            for (int r = 0; r < MI; r++) acc[r][c] = _mm512_add_epi64(acc[r][c], _mm512_popcnt_epi64(_mm512_and_si512(p[r], wv)));
+        }
+    }
+    const __m512i shift = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+    __m256i pc256 = _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)(popc + j0)), 8);
+    __m256 al = _mm256_loadu_ps(alpha + j0);
+    for (int r = 0; r < MI; r++) {
+        for (int c = 0; c < 8; c++) acc[r][c] = _mm512_sllv_epi64(acc[r][c], shift);
+        __m256i s1 = _mm512_cvtepi64_epi32(w1_reduce8(acc[r]));   /* S1 <= 255 k: fits int32 */
+        __m256i a = _mm256_sub_epi32(_mm256_sub_epi32(_mm256_add_epi32(s1, s1), _mm256_set1_epi32(xsum[r])), pc256);
+        _mm256_storeu_ps(y + (size_t)r * ldy + j0, _mm256_mul_ps(_mm256_cvtepi32_ps(a), _mm256_mul_ps(al, _mm256_set1_ps(sx[r]))));
+        if (accOut) _mm256_storeu_si256((__m256i *)(accOut + (size_t)r * ldacc + j0), a);
+    }
+}
+
+/* Weight rows outside (8 at a time, the rest one by one), activation rows inside: each weight row is
+   read from memory once per call and stays in L1 while every tile of activation rows (their planes:
+   m*k bytes, in L1/L2) passes over it. */
+W1_AVX static void w1_avx512(const uint64_t *planes, const float *sx, const int32_t *xsum, int m, int k,
+                             const uint64_t *bits, const int32_t *popc, const float *alpha, int j0, int j1,
+                             float *y, int ldy, int32_t *accOut, int ldacc) {
+    int words = k / 64, j = j0;
+    for (; j + 8 <= j1; j += 8) {
+        const uint64_t *wr = bits + (size_t)j * words;
+        for (int i = 0; i < m;) {
+            int left = m - i, mi = left <= W1_TM ? left : left == 4 ? 2 : W1_TM;   /* 4 = 2+2, 5 = 3+2, ... */
+#define W1CALL8(MI) w1_tile8(MI, planes + (size_t)i * words * 8, sx + i, xsum + i, words, wr, popc, alpha, j, \
+                             y + (size_t)i * ldy, ldy, accOut ? accOut + (size_t)i * ldacc : 0, ldacc)
+            switch (mi) { case 1: W1CALL8(1); break; case 2: W1CALL8(2); break; default: W1CALL8(3); break; }
+#undef W1CALL8
+            i += mi;
+        }
+    }
+    for (; j < j1; j++) {
+        const uint64_t *wr = bits + (size_t)j * words;
+        for (int i = 0; i < m;) {
+            /* Rows 8 at a time; a remainder is balanced so no tile is tiny (10 = 5+5). */
+            int left = m - i, mi = left <= W1_MAXMI ? left : (left < 2 * W1_MAXMI ? (left + 1) / 2 : W1_MAXMI);
+#define W1CALL(MI) w1_tile(MI, planes + (size_t)i * words * 8, sx + i, xsum + i, words, wr, popc[j], alpha[j], j, \
+                           y + (size_t)i * ldy, ldy, accOut ? accOut + (size_t)i * ldacc : 0, ldacc)
+            switch (mi) {
+            case 1: W1CALL(1); break; case 2: W1CALL(2); break; case 3: W1CALL(3); break; case 4: W1CALL(4); break;
+            case 5: W1CALL(5); break; case 6: W1CALL(6); break; case 7: W1CALL(7); break; default: W1CALL(8); break;
+            }
+#undef W1CALL
+            i += mi;
+        }
+    }
+}
+#endif
+
+void ck_qgemm_w1(const uint64_t *planes, const float *sx, const int32_t *xsum, int m, int k,
+                 const uint64_t *bits, const int32_t *popc, const float *alpha, int j0, int j1,
+                 float *y, int ldy, int32_t *accOut, int ldacc) {
+#ifdef W1_X86
+    if (ck_w1_avx512()) { w1_avx512(planes, sx, xsum, m, k, bits, popc, alpha, j0, j1, y, ldy, accOut, ldacc); return; }
+#endif
+    w1_generic(planes, sx, xsum, m, k, bits, popc, alpha, j0, j1, y, ldy, accOut, ldacc);
+}
