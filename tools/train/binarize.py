@@ -276,7 +276,7 @@ def export(out, base, gpt, text_sd, info, sab):
         config["name"] = config["name"] + "-w1" + ("-sab" if sab else "")
         if sab:
             config["gpt"]["attention_binarization"] = "sab"
-        config["quant"] = {"scheme": "w1", "source": os.path.basename(os.path.normpath(base)), "head": "fp32",
+        config["quant"] = {"scheme": "w1", "source": os.path.basename(os.path.normpath(base)), "head": "fp32", "activations": "dynamic",
                            "trained": "tools/train/binarize.py", "attention": "sab" if sab else "softmax"}
         config["training"] = {"base": config.get("training", {}), "binarize": info}
         with open(os.path.join(tmp, "config.json"), "w") as f:
