@@ -391,6 +391,8 @@ static inline int group_rows512(int left) { return left <= 6 ? left : (left <= 8
 #define DEFINE_GEMM_ROWS512(NAME, WT, LOAD, TOF, T1, T2, T3, T4, T5, T6)                           \
 CK_AVX512 static void NAME(const float *x, int m, int k, const WT *w, int j0, int j1, float *y, int ldy) { \
     int k16 = k & ~15;                                                                               \
+    int groups = 0;                                                                                  \
+    for (int t = 0; t < m; t += group_rows512(m - t)) groups++;                                      \
     int j = j0;                                                                                      \
     for (; j + 4 <= j1; j += 4) {                                                                    \
         const WT *w0 = w + (size_t)j * k;                                                            \
@@ -405,17 +407,22 @@ CK_AVX512 static void NAME(const float *x, int m, int k, const WT *w, int j0, in
             if (nj + 4 > j1) { nj = j; np = p0; }                                                    \
             for (int b = 0; b < 4; b++) pf[b] = w + (size_t)(nj + b) * k + np - p0;                  \
           }                                                                                          \
-          for (int i = 0; i < m;) {                                                                  \
+          for (int i = 0, gi = 0; i < m; gi++) {                                                     \
             int mi = group_rows512(m - i);                                                           \
             const float *x0 = x + (size_t)i * k;                                                     \
             float r[6][4];                                                                           \
+            /* With several row groups each prefetches its share of the next tile's rows, so      \
+               memory keeps streaming while the later groups compute from L1; the other rows      \
+               "prefetch" the line being loaded (an L1 hit). */                                    \
+            const WT *pg[4];                                                                         \
+            for (int b = 0; b < 4; b++) pg[b] = b % groups == gi % groups ? pf[b] : w0 + (size_t)b * k; \
             switch (mi) {                                                                            \
-            case 1: T1(x0, k, w0, k, p0, p1, pf, r); break;                                          \
-            case 2: T2(x0, k, w0, k, p0, p1, pf, r); break;                                          \
-            case 3: T3(x0, k, w0, k, p0, p1, pf, r); break;                                          \
-            case 4: T4(x0, k, w0, k, p0, p1, pf, r); break;                                          \
-            case 5: T5(x0, k, w0, k, p0, p1, pf, r); break;                                          \
-            default: T6(x0, k, w0, k, p0, p1, pf, r); break;                                         \
+            case 1: T1(x0, k, w0, k, p0, p1, pg, r); break;                                          \
+            case 2: T2(x0, k, w0, k, p0, p1, pg, r); break;                                          \
+            case 3: T3(x0, k, w0, k, p0, p1, pg, r); break;                                          \
+            case 4: T4(x0, k, w0, k, p0, p1, pg, r); break;                                          \
+            case 5: T5(x0, k, w0, k, p0, p1, pg, r); break;                                          \
+            default: T6(x0, k, w0, k, p0, p1, pg, r); break;                                         \
             }                                                                                        \
             for (int a = 0; a < mi; a++)                                                             \
                 for (int b = 0; b < 4; b++) {                                                        \
