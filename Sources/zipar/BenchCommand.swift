@@ -376,13 +376,14 @@ struct BenchCommand: ParsableCommand {
         let bw = Measure.readBandwidth()
         let limit = 65536.0 * 768 * 4 / 1e6 / bw
         print(String(format: "x[M,768] · W[65536,768]ᵀ (201 MB fp32), %d threads; read bandwidth %.1f GB/s -> limit %.1f ms", Parallel.threads, bw, limit))
-        let mb8 = 65536.0 * (768 + 4) / 1e6, mb4 = 65536.0 * (384 + 12 + 4) / 1e6
-        print(String(format: "integer kernels (%@): W8A8 %.1f MB -> limit %.1f ms, W4A8 (DGQ, group 128) %.1f MB -> limit %.1f ms",
-                     ["portable C", "AVX2", "AVX-512 VNNI"][Int(ck_qkernel_level())], mb8, mb8 / bw, mb4, mb4 / bw))
-        print("\n| M rows | zipar kernel ms | sgemm ms | M x sgemv ms | kernel x limit | sgemm / kernel | W8A8 ms | W8A8 x limit | W4A8 ms | W4A8 x limit | fp32 kernel / W4A8 |\n|---|---|---|---|---|---|---|---|---|---|---|")
+        let mb8 = 65536.0 * (768 + 4) / 1e6, mb4 = 65536.0 * (384 + 12 + 4) / 1e6, mb1 = 65536.0 * (96 + 8) / 1e6
+        print(String(format: "integer kernels (%@): W8A8 %.1f MB -> limit %.1f ms, W4A8 (DGQ, group 128) %.1f MB -> limit %.1f ms, W1A8 %.1f MB (%@) -> limit %.1f ms",
+                     ["portable C", "AVX2", "AVX-512 VNNI"][Int(ck_qkernel_level())], mb8, mb8 / bw, mb4, mb4 / bw, mb1,
+                     ck_w1_avx512() != 0 ? "AVX-512 VPOPCNTQ" : "portable popcount", mb1 / bw))
+        print("\n| M rows | zipar kernel ms | sgemm ms | M x sgemv ms | kernel x limit | sgemm / kernel | W8A8 ms | W8A8 x limit | W4A8 ms | W4A8 x limit | fp32 kernel / W4A8 | W1A8 ms | W1A8 x limit | fp32 kernel / W1A8 |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in Measure.skinnyProducts() {
-            print(String(format: "| %d | %.1f | %.1f | %.1f | %.2f | %.2f | %.1f | %.2f | %.1f | %.2f | %.2f |", r.rows, r.kernel, r.sgemm, r.sgemv, r.kernel / limit,
-                         r.sgemm / r.kernel, r.w8, r.w8 / (mb8 / bw), r.w4, r.w4 / (mb4 / bw), r.kernel / r.w4))
+            print(String(format: "| %d | %.1f | %.1f | %.1f | %.2f | %.2f | %.1f | %.2f | %.1f | %.2f | %.2f | %.2f | %.2f | %.2f |", r.rows, r.kernel, r.sgemm, r.sgemv, r.kernel / limit,
+                         r.sgemm / r.kernel, r.w8, r.w8 / (mb8 / bw), r.w4, r.w4 / (mb4 / bw), r.kernel / r.w4, r.w1, r.w1 / (mb1 / bw), r.kernel / r.w1))
         }
     }
 

@@ -82,8 +82,8 @@ public enum Measure {
 extension Measure {
     /// x[M, k] · W[n, k]ᵀ for a weight far larger than the caches, three ways, in ms (median of `runs`):
     /// the streaming kernel (what decode passes use), one OpenBLAS sgemm, and M sgemv calls.
-    public static func skinnyProducts(n: Int = 65536, k: Int = 768, rows: [Int] = [1, 2, 4, 8, 16, 32, 64], runs: Int = 5)
-        -> [(rows: Int, kernel: Double, sgemm: Double, sgemv: Double, w8: Double, w4: Double)] {
+    public static func skinnyProducts(n: Int = 65536, k: Int = 768, rows: [Int] = [1, 2, 4, 6, 8, 16, 32, 64], runs: Int = 5)
+        -> [(rows: Int, kernel: Double, sgemm: Double, sgemv: Double, w8: Double, w4: Double, w1: Double)] {
         var rng = RNG(seed: 3)
         let w = Tensor(shape: [n, k])
         for i in 0..<w.count { w.data[i] = rng.nextNormal() * 0.02 }
@@ -94,8 +94,8 @@ extension Measure {
         defer { Linear.sgemmMinRows = saved }
         Linear.sgemmMinRows = Int.max
         let linear = Linear(weight: w)
-        // The same product with integer weights: W8A8 per channel, and W4 codes with DGQ-style group scales
-        // (random codes and scales: only the kernel's speed is measured here).
+        // The same product with integer weights: W8A8 per channel, W4 codes with DGQ-style group scales
+        // (random codes and scales: only the kernel's speed is measured here), and W1 sign bits.
         let w8 = QuantizedLinear.w8a8(weight: w.data, rows: n, cols: k)
         let G = 128, ng = k / G
         var codes = [UInt8](repeating: 0, count: n * k)
@@ -103,6 +103,7 @@ extension Measure {
         let w4 = QuantizedLinear(dgq: DGQWeight(rows: n, cols: k, groupSize: G, codes: codes, scales: [Int8](repeating: 8, count: n * ng),
                                                 zeros: [Int8](repeating: 8, count: n * ng), rowScales: [Float](repeating: 1e-3, count: n)),
                                  inputScale: nil)
+        let w1 = QuantizedLinear.w1(weight: w.data, rows: n, cols: k)
         func ms(_ body: () -> Void) -> Double {
             body()
             return median((0..<runs).map { _ in time(body) }) * 1e3
@@ -112,7 +113,8 @@ extension Measure {
              ms { BLAS.matmulNT(x.data, w.data, y.data, m: m, k: k, n: n) },
              ms { for i in 0..<m { BLAS.matvec(w.data, x.data + i * k, y.data + i * n, n: n, k: k) } },
              ms { w8.apply(x.data, rows: m, into: y.data) },
-             ms { w4.apply(x.data, rows: m, into: y.data) })
+             ms { w4.apply(x.data, rows: m, into: y.data) },
+             ms { w1.apply(x.data, rows: m, into: y.data) })
         }
     }
 }
