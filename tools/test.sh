@@ -11,6 +11,8 @@ swift test --skip-build
 if [ -f models/default/config.json ]; then
   out=$(mktemp -d)
   .build/release/zipar generate --prompt "a red circle above a blue square" --window 8 -o "$out/default.png" --quiet
+  # and its binarized variant (1-bit block weights, the W1A8 kernel)
+  .build/release/zipar generate --model models/default-w1 --prompt "a red circle above a blue square" --window 8 -o "$out/w1.png" --quiet
   rm -rf "$out"
 fi
 # Converter and training-pipeline tests (torch 2.13.0+cpu comes from the machine's local wheel folder).
