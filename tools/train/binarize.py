@@ -48,7 +48,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
 import train  # noqa: E402
-from convert_llamagen import install_outdir, write_safetensors  # noqa: E402
+from convert_llamagen import write_safetensors  # noqa: E402
 
 BINARY_LINEARS = ("attention.wqkv", "attention.wo", "feed_forward.w1", "feed_forward.w2", "feed_forward.w3")
 
@@ -279,10 +279,7 @@ def export(out, base, gpt, text_sd, info, sab):
         config["quant"] = {"scheme": "w1", "source": os.path.basename(os.path.normpath(base)), "head": "fp32", "activations": "dynamic",
                            "trained": "tools/train/binarize.py", "attention": "sab" if sab else "softmax"}
         config["training"] = {"base": config.get("training", {}), "binarize": info}
-        with open(os.path.join(tmp, "config.json"), "w") as f:
-            json.dump(config, f, indent=1)
-            f.write("\n")
-        install_outdir(tmp, out, force=True)
+        train.install_with_config(tmp, config, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

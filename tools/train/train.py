@@ -462,13 +462,18 @@ def export_model(out, cfg, vq, gpt_sd, text_sd, sampling, info):
             f.write("\n")
         config = {"name": cfg["name"], "gpt": cfg["gpt"].config_json(), "vq": cfg["vq"].config_json(),
                   "sampling": sampling, "image_size": cfg["image_size"], "training": info}
-        with open(os.path.join(tmp, "config.json"), "w") as f:
-            json.dump(config, f, indent=1)
-            f.write("\n")
-        install_outdir(tmp, out, force=True)
+        install_with_config(tmp, config, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def install_with_config(tmp, config, out):
+    """Writes config.json into the export temp dir, then renames the dir into place as `out`."""
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+        json.dump(config, f, indent=1)
+        f.write("\n")
+    install_outdir(tmp, out, force=True)
 
 
 def read_safetensors(path):
