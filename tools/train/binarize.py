@@ -3,7 +3,7 @@
 transformer blocks (wqkv, wo, w1, w2, w3) gets 1-bit weights; embeddings, norms, the caption path
 and the output head stay in float, as binary networks usually keep their first and last layers.
 
-    python3 tools/train/binarize.py                      # from models/default, ~60 min on one core
+    python3 tools/train/binarize.py                      # from models/default, 75 min on one core
     python3 tools/train/binarize.py --resume             # continue from the checkpoint in --work
     python3 tools/train/binarize.py --tiny --base M -o O # a few steps on a tiny model (CI)
 
@@ -314,7 +314,7 @@ def main(argv=None):
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--tiny", action="store_true", help="train.py's tiny configuration, a few steps")
     ap.add_argument("--steps", type=int, default=3000)
-    ap.add_argument("--minutes", type=float, default=60, help="time budget (resume counts earlier runs)")
+    ap.add_argument("--minutes", type=float, default=75, help="time budget (resume counts earlier runs)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--distill", type=float, default=1.0, help="weight of the KL to the float teacher (0: off)")
