@@ -23,7 +23,7 @@ struct InfoCommand: ParsableCommand {
         print("model        \(dir.name)  (\(dir.path))")
         print("type         \(g.model_type)" + (g.isT2I ? ", caption_dim \(g.caption_dim), \(g.cls_token_num) condition tokens" : ", \(g.num_classes) classes" + (dir.classes != nil ? " (classes.txt)" : "")))
         print("gpt          \(g.n_layer) layers, dim \(g.dim), \(g.n_head) heads (\(g.kvHeads) kv), head_dim \(g.headDim), ffn \(g.ffnHidden), vocab \(g.vocab_size)"
-              + (g.attention_binarization == "sab" ? ", SAB attention (BiViT softmax-aware binarization)" : ""))
+              + (g.usesSAB ? ", SAB attention (BiViT softmax-aware binarization)" : ""))
         print("grid         \(g.gridSize)x\(g.gridSize) tokens -> \(dir.imageSize)x\(dir.imageSize) px")
         print("gpt weights  \(String(format: "%.1fM", Double(gs.params) / 1e6)) params, \(gs.dtypes) on disk \(mb(gs.bytes)), \(mb(gs.params * 4)) as fp32 in memory")
         if let q = dir.raw["quant"] as? [String: Any] {

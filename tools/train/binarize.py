@@ -35,7 +35,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -259,16 +258,8 @@ def w1_state_dict(gpt):
 
 
 def export(out, base, gpt, text_sd, info, sab):
-    out = os.path.abspath(out)
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".zipar-export-", dir=parent)
-    try:
-        os.chmod(tmp, 0o755)
+    def write(tmp):
         write_safetensors(os.path.join(tmp, "gpt.safetensors"), w1_state_dict(gpt), metadata={"zipar.quant": "w1"})
-        emb = text_sd["embedding.weight"].detach().float().clone()
-        emb[0] = 0
-        write_safetensors(os.path.join(tmp, "text.safetensors"), {"embedding.weight": emb.contiguous()})
         for f in ("vq.safetensors", "text_vocab.txt", "grammar.json"):
             shutil.copyfile(os.path.join(base, f), os.path.join(tmp, f))
         with open(os.path.join(base, "config.json")) as f:
@@ -276,13 +267,13 @@ def export(out, base, gpt, text_sd, info, sab):
         config["name"] = config["name"] + "-w1" + ("-sab" if sab else "")
         if sab:
             config["gpt"]["attention_binarization"] = "sab"
-        config["quant"] = {"scheme": "w1", "source": os.path.basename(os.path.normpath(base)), "head": "fp32", "activations": "dynamic",
-                           "trained": "tools/train/binarize.py", "attention": "sab" if sab else "softmax"}
+        config["quant"] = {"scheme": "w1", "source": os.path.basename(os.path.normpath(base)), "head": "fp32",
+                           "activations": "dynamic", "trained": "tools/train/binarize.py",
+                           "attention": "sab" if sab else "softmax"}
         config["training"] = {"base": config.get("training", {}), "binarize": info}
-        train.install_with_config(tmp, config, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        return config
+
+    train.export_dir(out, text_sd, write)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,13 +332,11 @@ def main(argv=None):
         use_sab(student)
     text = train.TextEmbedding(emb.shape[0], emb.shape[1])
     text.embedding.weight.data.copy_(emb)
-    # Latent binary weights take no weight decay (it would only push them across zero).
-    lat = [m.weight for m in binary_linears(student).values()]
-    lat_ids = {id(p) for p in lat}
-    rest = [p for p in list(student.parameters()) + list(text.parameters()) if id(p) not in lat_ids]
-    opt = torch.optim.AdamW([{"params": lat, "weight_decay": 0.0}, {"params": rest, "weight_decay": 0.0},
-                             {"params": binarizer.parameters(), "weight_decay": 0.0, "lr_scale": 2.0}],
-                            lr=args.lr, betas=(0.9, 0.95))
+    # No weight decay anywhere: on the latent binary weights it would only push them across zero, and
+    # the rest starts trained. The estimator MLP learns at 2x the rate.
+    opt = torch.optim.AdamW([{"params": list(student.parameters()) + list(text.parameters())},
+                             {"params": binarizer.parameters(), "lr_scale": 2.0}],
+                            lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
     ema = train.EMA([student, text], 0.995)
     step, used, avg = 0, 0.0, None
     rng = np.random.default_rng(args.seed + 11)

@@ -440,40 +440,45 @@ def train_gpt(cfg, data, work, out, log, resume, seed, export_fn):
 # ---------------------------------------------------------------------------------------------
 # Export and loading
 
-def export_model(out, cfg, vq, gpt_sd, text_sd, sampling, info):
+def export_dir(out, text_sd, write):
+    """Builds a model directory in a temp dir next to `out` and renames it into place: the text
+    table from `text_sd`, then `write(tmp)` writes the rest and returns config.json's dict. A
+    failure removes the temp dir, so `out` is never half-written."""
     out = os.path.abspath(out)
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".zipar-export-", dir=parent)
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
-        gpt_sd = {k: v for k, v in gpt_sd.items() if k != "freqs_cis"}
-        gpt_t = {k: v.detach().to(torch.float16).contiguous() for k, v in gpt_sd.items()}
-        vq_t = {k: v.detach().float().contiguous() for k, v in vq.export_state_dict().items()}
         emb = text_sd["embedding.weight"].detach().float().clone()
         emb[0] = 0  # the padding line is never looked up; zipar writes zero rows for padding
-        write_safetensors(os.path.join(tmp, "gpt.safetensors"), gpt_t)
-        write_safetensors(os.path.join(tmp, "vq.safetensors"), vq_t)
         write_safetensors(os.path.join(tmp, "text.safetensors"), {"embedding.weight": emb.contiguous()})
-        with open(os.path.join(tmp, "text_vocab.txt"), "w") as f:
-            f.write("\n".join(VOCAB) + "\n")
-        with open(os.path.join(tmp, "grammar.json"), "w") as f:
-            json.dump(shapes.grammar_json(), f, indent=1)
+        config = write(tmp)
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(config, f, indent=1)
             f.write("\n")
-        config = {"name": cfg["name"], "gpt": cfg["gpt"].config_json(), "vq": cfg["vq"].config_json(),
-                  "sampling": sampling, "image_size": cfg["image_size"], "training": info}
-        install_with_config(tmp, config, out)
+        install_outdir(tmp, out, force=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def install_with_config(tmp, config, out):
-    """Writes config.json into the export temp dir, then renames the dir into place as `out`."""
-    with open(os.path.join(tmp, "config.json"), "w") as f:
-        json.dump(config, f, indent=1)
-        f.write("\n")
-    install_outdir(tmp, out, force=True)
+def export_model(out, cfg, vq, gpt_sd, text_sd, sampling, info):
+    def write(tmp):
+        sd = {k: v for k, v in gpt_sd.items() if k != "freqs_cis"}
+        gpt_t = {k: v.detach().to(torch.float16).contiguous() for k, v in sd.items()}
+        vq_t = {k: v.detach().float().contiguous() for k, v in vq.export_state_dict().items()}
+        write_safetensors(os.path.join(tmp, "gpt.safetensors"), gpt_t)
+        write_safetensors(os.path.join(tmp, "vq.safetensors"), vq_t)
+        with open(os.path.join(tmp, "text_vocab.txt"), "w") as f:
+            f.write("\n".join(VOCAB) + "\n")
+        with open(os.path.join(tmp, "grammar.json"), "w") as f:
+            json.dump(shapes.grammar_json(), f, indent=1)
+            f.write("\n")
+        return {"name": cfg["name"], "gpt": cfg["gpt"].config_json(), "vq": cfg["vq"].config_json(),
+                "sampling": sampling, "image_size": cfg["image_size"], "training": info}
+
+    export_dir(out, text_sd, write)
 
 
 def read_safetensors(path):

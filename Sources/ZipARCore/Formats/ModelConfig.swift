@@ -21,6 +21,7 @@ public struct GPTConfig: Equatable, Sendable {
     /// >= 0.25 x the row's largest become 1, the rest 0), for models trained with it
     /// (tools/train/binarize.py --sab). Not a LlamaGen field; absent = softmax.
     public var attention_binarization = "softmax"
+    public var usesSAB: Bool { attention_binarization == "sab" }
 
     public init() {}
 

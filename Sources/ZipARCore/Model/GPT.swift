@@ -237,7 +237,7 @@ public final class GPT {
     private func attention(state: ForwardState, cache: KVCache, layer: Int, positions: [Int], rowsOf: [[Int]]) {
         let c = config, hd = c.headDim, nh = c.n_head, nkv = c.kvHeads
         let qkvW = (nh + 2 * nkv) * hd, group = nh / nkv, S = cache.slots
-        let scale = 1 / Float(hd).squareRoot(), sab = c.attention_binarization == "sab"
+        let scale = 1 / Float(hd).squareRoot(), sab = c.usesSAB
         let B = rowsOf.count
         let qkv = state.qkv.data, att = state.att.data, mask = state.mask, scores = state.scores.data
         let work = positions.reduce(0) { $0 + $1 } * nh * hd
