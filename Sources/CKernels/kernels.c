@@ -1,6 +1,7 @@
 /* Hot kernels for decode passes. The AVX2/FMA versions are compiled with a target attribute
    and picked at run time, so the package still runs (slower) on any x86-64 or non-x86 CPU. */
 #include "ckernels.h"
+#include "ckinternal.h"
 #include <math.h>
 #include <string.h>
 #if defined(__x86_64__)
@@ -37,20 +38,6 @@ static void gemm_rows_generic(const float *x, int m, int k, const float *w, int 
     }
 }
 
-static float half_to_float(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
-    if (exp == 0) {
-        if (mant == 0) bits = sign;
-        else { /* subnormal: normalise */
-            exp = 127 - 15 + 1;
-            while (!(mant & 0x400)) { mant <<= 1; exp--; }
-            mant &= 0x3ff;
-            bits = sign | (exp << 23) | (mant << 13);
-        }
-    } else if (exp == 31) bits = sign | 0x7f800000u | (mant << 13);
-    else bits = sign | ((exp - 15 + 127) << 23) | (mant << 13);
-    float f; memcpy(&f, &bits, 4); return f;
-}
 
 static void gemm_rows_f16_generic(const float *x, int m, int k, const uint16_t *w, int j0, int j1, float *y, int ldy) {
     for (int j = j0; j < j1; j++) {
@@ -459,7 +446,7 @@ DEFINE_TILE512_6(t512_6_f16, uint16_t, LOAD512_F16)
 DEFINE_GEMM_ROWS512(gemm_rows512_f32, float, LOAD512_F32, F32_ID, t512_1_f32, t512_2_f32, t512_3_f32, t512_4_f32, t512_5_f32, t512_6_f32)
 DEFINE_GEMM_ROWS512(gemm_rows512_f16, uint16_t, LOAD512_F16, half_to_float, t512_1_f16, t512_2_f16, t512_3_f16, t512_4_f16, t512_5_f16, t512_6_f16)
 
-static int has_avx512(void) {
+int ck_cpu_has_avx512(void) {
     static int cached = -1;
     if (cached < 0) { __builtin_cpu_init(); cached = ck_has_avx2_fma() && __builtin_cpu_supports("avx512f"); }
     return cached;
@@ -547,7 +534,6 @@ CK_AVX2 static void weighted_rows_f16_avx2(const float *p, const uint16_t *v, in
 /* out[d] = sum_j p[j] * v[j*d ...] with 512-bit registers, keys taken in pairs: with head_dim 64 one
    key is only 4 FMAs, so a single accumulator set would wait on FMA latency; two sets (even and odd
    keys) keep both FMA ports busy. d is a multiple of 64. */
-#define CK_AVX512B __attribute__((target("avx512f,avx2,fma,f16c")))
 CK_AVX512B static void weighted_rows_avx512(const float *p, const float *v, int n, int d, float *out) {
     for (int c = 0; c < d; c += 64) {   /* d % 64 == 0: constant trip counts keep a0..b3 in registers */
         __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
@@ -646,19 +632,7 @@ CK_AVX512B static void swiglu_avx512(float *a, const float *b, int n) {
 /* Attention scores scores[i*n + j] = q_i . k_j for a group of nq queries (d a multiple of 16). The
    streaming product would sum each (query, key) pair with a full horizontal reduction (~8 shuffle/add
    uops for just d/16 FMAs at head_dim 64); here 16 keys are accumulated side by side and reduced
-   together by a transpose-and-add tree (45 uops per 16 scores). Keys of one head sit in L2. */
-CK_AVX512B static inline __m512 reduce16(__m512 *A) {
-    __m512 B[8], C[4];
-    for (int i = 0; i < 8; i++) B[i] = _mm512_add_ps(_mm512_unpacklo_ps(A[2 * i], A[2 * i + 1]), _mm512_unpackhi_ps(A[2 * i], A[2 * i + 1]));
-    for (int i = 0; i < 4; i++) {
-        __m512d x = _mm512_castps_pd(B[2 * i]), y = _mm512_castps_pd(B[2 * i + 1]);
-        C[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
-    }
-    __m512 e01 = _mm512_add_ps(_mm512_shuffle_f32x4(C[0], C[1], 0x88), _mm512_shuffle_f32x4(C[0], C[1], 0xDD));
-    __m512 e23 = _mm512_add_ps(_mm512_shuffle_f32x4(C[2], C[3], 0x88), _mm512_shuffle_f32x4(C[2], C[3], 0xDD));
-    return _mm512_add_ps(_mm512_shuffle_f32x4(e01, e23, 0x88), _mm512_shuffle_f32x4(e01, e23, 0xDD));
-}
-
+   together by a transpose-and-add tree (45 uops per 16 scores, reduce16). Keys of one head sit in L2. */
 #define DEFINE_SCORES512(NAME, WT, LOAD) \
 CK_AVX512B static void NAME(const float *q, int nq, const WT *k, int n, int d, float *scores, int ld) { \
     int n16 = n & ~15; \
@@ -813,146 +787,6 @@ void ck_f32_to_f16(const float *src, uint16_t *dst, int n) {
     if (ck_has_avx2_fma()) { f32_to_f16_avx2(src, dst, n); return; }
 #endif
     for (int i = 0; i < n; i++) dst[i] = float_to_half(src[i]);
-}
-
-/* ------------------------------------------------------------------ compressed KV cache */
-/* The quantized caches keep codes packed along the channel axis of one row, planar like the
-   official ZipCache packing: 4-bit byte j = c[j] | c[j + d/2] << 4; 2-bit byte j = c[j] |
-   c[j + d/4] << 2 | c[j + d/2] << 4 | c[j + 3d/4] << 6; 8-bit one code per byte. Attention never
-   rebuilds the cache: one block of one head is dequantized into a small scratch buffer, used for
-   the scores (or the values) of every query of the group, and overwritten by the next block. */
-
-static void unpack_codes(const uint8_t *src, int bits, int d, float *dst) {
-    if (bits == 8) { for (int j = 0; j < d; j++) dst[j] = (float)src[j]; return; }
-    if (bits == 4) {
-        int h = d / 2;
-        for (int j = 0; j < h; j++) { dst[j] = (float)(src[j] & 15); dst[j + h] = (float)(src[j] >> 4); }
-        return;
-    }
-    int q = d / 4;
-    for (int j = 0; j < q; j++) {
-        uint8_t b = src[j];
-        dst[j] = (float)(b & 3); dst[j + q] = (float)((b >> 2) & 3);
-        dst[j + 2 * q] = (float)((b >> 4) & 3); dst[j + 3 * q] = (float)(b >> 6);
-    }
-}
-
-#ifdef CK_X86
-/* Codes of channels c..c+7 as floats. They lie in one plane when d/4 (2-bit) or d/2 (4-bit) is a
-   multiple of 8, which callers check (head_dim 64 or 128; head_dim 100 takes the portable path). */
-/* Planar packing: channel c of a row is in byte c mod (d*bits/8), at bit (c div (d*bits/8)) * bits.
-   Returns the byte offset of channel c; *shift and *mask extract it. */
-static inline int code_plane(int bits, int d, int c, int *shift, int *mask) {
-    int width = bits == 8 ? d : d * bits / 8, plane = c / width;
-    *shift = plane * bits; *mask = (1 << bits) - 1;
-    return c - plane * width;
-}
-
-CK_AVX2 static inline __m256 codes8_avx2(const uint8_t *src, int bits, int d, int c) {
-    int shift, mask, at = code_plane(bits, d, c, &shift, &mask);
-    __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(src + at)));
-    v = _mm256_and_si256(_mm256_srl_epi32(v, _mm_cvtsi32_si128(shift)), _mm256_set1_epi32(mask));
-    return _mm256_cvtepi32_ps(v);
-}
-
-/* Codes of channels c..c+15 as floats (AVX-512; one plane when d/4 or d/2 is a multiple of 16). */
-__attribute__((target("avx512f,avx2,fma,f16c"))) static inline __m512 codes16_avx512(const uint8_t *src, int bits, int d, int c) {
-    int shift, mask, at = code_plane(bits, d, c, &shift, &mask);
-    __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(src + at)));
-    v = _mm512_and_si512(_mm512_srl_epi32(v, _mm_cvtsi32_si128(shift)), _mm512_set1_epi32(mask));
-    return _mm512_cvtepi32_ps(v);
-}
-
-/* Dequantization with W-lane vectors (8: AVX2, 16: AVX-512). Same arithmetic as the portable loops
-   (multiply, then add: no FMA, so every path gives the same floats). */
-#define DEFINE_DEQUANT(SUF, TARGET, VEC, W, CODES, LOAD, SET1, ADD, MUL, STORE)                          \
-TARGET static void dequant_channel_##SUF(const uint8_t *codes, int bits, int rows, int d, const float *s, \
-                                         const float *m, const uint16_t *ids, float *out) {              \
-    size_t rb = (size_t)bits * (size_t)d / 8;                                                            \
-    for (int r = 0; r < rows; r++) {                                                                     \
-        float *o = out + (size_t)(ids ? ids[r] : r) * d;                                                 \
-        const uint8_t *src = codes + r * rb;                                                             \
-        for (int c = 0; c < d; c += W) STORE(o + c, ADD(MUL(CODES(src, bits, d, c), LOAD(s + c)), LOAD(m + c))); \
-    }                                                                                                    \
-}                                                                                                        \
-TARGET static void dequant_token_##SUF(const uint8_t *codes, int bits, int rows, int d, int group,       \
-                                       const uint16_t *params, int paramStride, const float *cs,         \
-                                       const uint16_t *ids, float *out) {                                \
-    int groups = d / group;                                                                              \
-    size_t rb = (size_t)bits * (size_t)d / 8;                                                            \
-    for (int r = 0; r < rows; r++) {                                                                     \
-        float *o = out + (size_t)(ids ? ids[r] : r) * d;                                                 \
-        const uint8_t *src = codes + r * rb;                                                             \
-        const uint16_t *p = params + (size_t)r * paramStride;                                            \
-        for (int g = 0; g < groups; g++) {                                                               \
-            VEC mn = SET1(half_to_float(p[g])), st = SET1(half_to_float(p[groups + g]));                  \
-            for (int c = g * group; c < (g + 1) * group; c += W) {                                       \
-                VEC x = ADD(MUL(CODES(src, bits, d, c), st), mn);                                        \
-                if (cs) x = MUL(x, LOAD(cs + c));                                                        \
-                STORE(o + c, x);                                                                         \
-            }                                                                                            \
-        }                                                                                                \
-    }                                                                                                    \
-}
-DEFINE_DEQUANT(avx2, CK_AVX2, __m256, 8, codes8_avx2, _mm256_loadu_ps, _mm256_set1_ps, _mm256_add_ps, _mm256_mul_ps, _mm256_storeu_ps)
-DEFINE_DEQUANT(avx512, __attribute__((target("avx512f,avx2,fma,f16c"))), __m512, 16, codes16_avx512, _mm512_loadu_ps, _mm512_set1_ps, _mm512_add_ps, _mm512_mul_ps, _mm512_storeu_ps)
-#endif
-
-/* The AVX-512 path: 16 channels per step in one code plane, groups of whole vectors. */
-static int simd512_layout_ok(int bits, int d, int group) {
-#ifdef CK_X86
-    return ck_avx512_enabled && has_avx512() && d % 64 == 0 && group % 16 == 0 && (bits == 2 || bits == 4 || bits == 8);
-#else
-    return 0;
-#endif
-}
-
-static int simd_layout_ok(int bits, int d, int group) {
-    return d % 32 == 0 && group % 8 == 0 && (bits == 2 || bits == 4 || bits == 8);
-}
-
-void ck_kv_dequant_channel(const uint8_t *codes, int bits, int rows, int d, const uint16_t *mn, const uint16_t *st,
-                           const uint16_t *ids, float *out) {
-    float m[512], s[512];
-    for (int c = 0; c < d; c++) { m[c] = half_to_float(mn[c]); s[c] = half_to_float(st[c]); }
-#ifdef CK_X86
-    if (simd512_layout_ok(bits, d, 16)) { dequant_channel_avx512(codes, bits, rows, d, s, m, ids, out); return; }
-    if (ck_has_avx2_fma() && simd_layout_ok(bits, d, 8)) { dequant_channel_avx2(codes, bits, rows, d, s, m, ids, out); return; }
-#endif
-    size_t rb = (size_t)bits * (size_t)d / 8;
-    for (int r = 0; r < rows; r++) {
-        float *o = out + (size_t)(ids ? ids[r] : r) * d;
-        unpack_codes(codes + r * rb, bits, d, o);
-        for (int c = 0; c < d; c++) o[c] = o[c] * s[c] + m[c];
-    }
-}
-
-void ck_kv_dequant_token(const uint8_t *codes, int bits, int rows, int d, int group, const uint16_t *params,
-                         int paramStride, const uint16_t *chanScale, const uint16_t *ids, float *out) {
-    float cs[512];
-    if (chanScale) for (int c = 0; c < d; c++) cs[c] = half_to_float(chanScale[c]);
-#ifdef CK_X86
-    if (simd512_layout_ok(bits, d, group)) {
-        dequant_token_avx512(codes, bits, rows, d, group, params, paramStride, chanScale ? cs : NULL, ids, out);
-        return;
-    }
-    if (ck_has_avx2_fma() && simd_layout_ok(bits, d, group)) {
-        dequant_token_avx2(codes, bits, rows, d, group, params, paramStride, chanScale ? cs : NULL, ids, out);
-        return;
-    }
-#endif
-    int groups = d / group;
-    size_t rb = (size_t)bits * (size_t)d / 8;
-    for (int r = 0; r < rows; r++) {
-        float *o = out + (size_t)(ids ? ids[r] : r) * d;
-        const uint16_t *p = params + (size_t)r * paramStride;
-        unpack_codes(codes + r * rb, bits, d, o);
-        for (int g = 0; g < groups; g++) {
-            float mn = half_to_float(p[g]), st = half_to_float(p[groups + g]);
-            for (int c = g * group; c < (g + 1) * group; c++) o[c] = o[c] * st + mn;
-        }
-        if (chanScale) for (int c = 0; c < d; c++) o[c] *= cs[c];
-    }
 }
 
 void ck_softmax_rows(const uint8_t *masks, const int *maskOffsets, int nq, int n, float scale, int sab, float *scores) {

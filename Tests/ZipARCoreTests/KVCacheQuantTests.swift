@@ -160,12 +160,70 @@ final class KVCacheQuantTests: XCTestCase {
         }
     }
 
+    /// Attention on the codes (ck_kv_scores_channel, ck_kv_values_token) equals attention on the dequantized
+    /// rows (ck_kv_dequant_*, checked above against the quantizer), for the AVX-512 and the portable paths:
+    /// permuted ids, rows past len skipped, zero probabilities, 1-9 queries, groups, a channel scale.
+    func testAttentionOnCodesMatchesDequantized() {
+        defer { ck_avx512_enabled = 1 }
+        for avx512 in [Int32(1), 0] {
+            ck_avx512_enabled = avx512
+            var rng = RNG(seed: 9)
+            for d in [16, 64, 100] {
+                for bits in [2, 4, 8] {
+                    let rows = 37, len = 30, ld = 41, rb = KVQuant.packedBytes(bits: bits, d: d)
+                    let packed = (0..<(rows * rb)).map { _ in UInt8(truncatingIfNeeded: Int(rng.nextNormal() * 1000)) }
+                    let ids: [UInt16] = (0..<rows).map { UInt16(($0 * 7 + 3) % rows) }
+                    func halves(_ n: Int, _ scale: Float) -> [UInt16] { (0..<n).map { _ in Float16(rng.nextNormal() * scale).bitPattern } }
+                    let mn = halves(d, 1), st = halves(d, 0.2)
+                    // Keys: scores against the dequantized rows.
+                    var K = [Float](repeating: 0, count: rows * d)
+                    ck_kv_dequant_channel(packed, Int32(bits), Int32(rows), Int32(d), mn, st, ids, &K)
+                    for nq in [1, 3, 9] {
+                        let q = (0..<(nq * d)).map { _ in rng.nextNormal() }
+                        var got = [Float](repeating: .nan, count: nq * ld)
+                        ck_kv_scores_channel(packed, Int32(bits), Int32(rows), Int32(d), mn, st, ids, Int32(len), q, Int32(nq), &got, Int32(ld))
+                        for i in 0..<nq { for j in 0..<ld {
+                            if j >= len { XCTAssert(got[i * ld + j].isNaN, "slot \(j) >= len is not written"); continue }
+                            var want = 0.0, mag = 0.0
+                            for c in 0..<d { want += Double(q[i * d + c]) * Double(K[j * d + c]); mag += abs(Double(q[i * d + c]) * Double(K[j * d + c])) }
+                            XCTAssertEqual(Double(got[i * ld + j]), want, accuracy: 1e-5 * max(1, mag), "scores d=\(d) bits=\(bits) nq=\(nq) avx512=\(avx512)")
+                        } }
+                    }
+                    // Values: token-wise groups, with and without a channel scale.
+                    for (g, scaled) in [(d, true), (d % 32 == 0 ? 32 : d, false), (d % 16 == 0 ? 16 : d, true)] {
+                        let G = d / g, params = halves(rows * 2 * G, 0.5), cs = scaled ? halves(d, 1) : nil
+                        var Vd = [Float](repeating: 0, count: rows * d)
+                        ck_kv_dequant_token(packed, Int32(bits), Int32(rows), Int32(d), Int32(g), params, Int32(2 * G), cs, ids, &Vd)
+                        for nq in [1, 2, 3, 4, 5, 9] {
+                            // Probabilities with zeros, some rows zero for every query.
+                            let p = (0..<(nq * ld)).map { k in k % ld % 5 == 2 ? Float(0) : abs(rng.nextNormal()) / Float(len) }
+                            let start = (0..<(nq * d)).map { _ in rng.nextNormal() }
+                            var got = start
+                            ck_kv_values_token(packed, Int32(bits), Int32(rows), Int32(d), Int32(g), params, Int32(2 * G), cs, ids, Int32(len),
+                                               p, Int32(nq), Int32(ld), &got)
+                            for i in 0..<nq { for c in 0..<d {
+                                var want = Double(start[i * d + c]), mag = abs(want)
+                                for j in 0..<len { want += Double(p[i * ld + j]) * Double(Vd[j * d + c]); mag += abs(Double(p[i * ld + j]) * Double(Vd[j * d + c])) }
+                                XCTAssertEqual(Double(got[i * d + c]), want, accuracy: 1e-5 * max(1, mag), "values d=\(d) bits=\(bits) g=\(g) nq=\(nq) avx512=\(avx512)")
+                            } }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// A cache of every quantized kind, filled out of order with random K/V: each sealed block
     /// rebuilds the input within the quantization error, ZipCache's blocks equal the fixture-verified
     /// reference `ZipCache.compress` on the same split (up to fp16 parameter rounding), and attention
     /// over the compressed form equals naive attention over the dequantized block + fp16 recent slots.
     func testStreamingCacheBlocksAndAttention() {
-        let heads = 2, hd = 16, slots = 70, batch = 2
+        checkStreamingCache(hd: 16)   // dequantize-to-scratch attention
+        checkStreamingCache(hd: 64)   // attention on the codes (AVX-512 machines)
+    }
+
+    func checkStreamingCache(hd: Int) {
+        let heads = 2, slots = 70, batch = 2
         var opts = KVCacheOptions(); opts.zipBlock = 20; opts.kiviGroup = 16
         for (kind, tau, merge) in [(KVCacheKind.int8, nil, false), (.kivi2, nil, false), (.kivi4, nil, false), (.zipcache, nil, false),
                                    (.kivi4, 0.9, false), (.zipcache, 0.8, false), (.kivi4, nil, true), (.zipcache, 0.9, true)] as [(KVCacheKind, Double?, Bool)] {

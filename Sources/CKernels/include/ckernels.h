@@ -52,6 +52,17 @@ void ck_kv_dequant_channel(const uint8_t *codes, int bits, int rows, int d, cons
                            const uint16_t *ids, float *out);
 void ck_kv_dequant_token(const uint8_t *codes, int bits, int rows, int d, int group, const uint16_t *params,
                          int paramStride, const uint16_t *chanScale, const uint16_t *ids, float *out);
+/* Attention straight from one code set of a sealed block (no dequantized copy; kvkernels.c).
+   Channel-wise keys (mn, st as in ck_kv_dequant_channel): scores[i*ld + ids[r]] = q_i . k_r for the
+   nq queries q[nq][d] and every row r with ids[r] < len (ids NULL: r).
+   Token-wise values (params, chanScale as in ck_kv_dequant_token): out[i*d + c] += sum_r p[i*ldp + ids[r]] * v_rc
+   over rows with ids[r] < len. ck_kv_fused_fast(d): the AVX-512 path applies (head_dim 64); elsewhere
+   these run portable loops, slower than dequantizing into a scratch block and using ck_attn_scores. */
+int ck_kv_fused_fast(int d);
+void ck_kv_scores_channel(const uint8_t *codes, int bits, int rows, int d, const uint16_t *mn, const uint16_t *st,
+                          const uint16_t *ids, int len, const float *q, int nq, float *scores, int ld);
+void ck_kv_values_token(const uint8_t *codes, int bits, int rows, int d, int group, const uint16_t *params, int paramStride,
+                        const uint16_t *chanScale, const uint16_t *ids, int len, const float *p, int nq, int ldp, float *out);
 /* Masked, scaled softmax of nq score rows of n entries in place (a row with no visible slot becomes zeros);
    binarized by SAB when sab != 0 (as ck_attend_group). */
 void ck_softmax_rows(const uint8_t *masks, const int *maskOffsets, int nq, int n, float scale, int sab, float *scores);

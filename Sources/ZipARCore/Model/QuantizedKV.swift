@@ -82,6 +82,17 @@ final class QuantizedKV: KVStorage {
     /// ZipVL: tokens kept and tokens sealed, per layer (over every image since the cache was made).
     private(set) var keptPerLayer: [Int], seenPerLayer: [Int]
 
+    /// Attention reads sealed blocks straight from their codes (kvkernels.c) where that is the fast path
+    /// (AVX-512, head_dim 64; MiniCache-merged blocks still go through the scratch buffer). Keys need
+    /// channel-wise parameters (int8's token-wise keys always use the scratch). ZIPAR_KV_FUSED=0 turns it off,
+    /// for comparisons.
+    var fused: Bool { Self.fusedAllowed && ck_kv_fused_fast(Int32(headDim)) != 0 }
+    var fusedKeys: Bool {
+        if case .channel = keyMode { return fused }
+        return false
+    }
+    static let fusedAllowed = ProcessInfo.processInfo.environment["ZIPAR_KV_FUSED"] != "0"
+
     // Scratch: one block of one head per worker, and the sealing buffers.
     let workers: Int
     let scratch: UnsafeMutablePointer<Float>
@@ -256,9 +267,14 @@ final class QuantizedKV: KVStorage {
             guard blk.start < n else { break }
             let len = min(blk.count, n - blk.start)
             let sb = sealedBlock(b, storedLayer, k)
-            dequantKeys(sb, head, into: buf)
-            if let pr, let m = merged[(b * layers + pr.first) * blocks.count + k] { m.restore(kv: 0, second: pr.second, head: head, rows: buf, len: len) }
-            ck_attn_scores(q, Int32(nq), Int32(hd), buf, Int32(len), scores + blk.start, Int32(n))
+            let mergedBlock = pr.flatMap { merged[(b * layers + $0.first) * blocks.count + k] }
+            if fusedKeys && mergedBlock == nil {
+                attendKeyCodes(sb, head, q: q, nq: nq, len: len, scores: scores + blk.start, ld: n)
+            } else {
+                dequantKeys(sb, head, into: buf)
+                if let pr, let mergedBlock { mergedBlock.restore(kv: 0, second: pr.second, head: head, rows: buf, len: len) }
+                ck_attn_scores(q, Int32(nq), Int32(hd), buf, Int32(len), scores + blk.start, Int32(n))
+            }
             // ZipVL: evicted tokens are not attended (sparse attention).
             if sb.layout.evicted > 0, let ids = sb.ids {
                 for e in sb.layout.kept..<(sb.layout.kept + sb.layout.evicted) where Int(ids[e]) < len {
@@ -281,13 +297,56 @@ final class QuantizedKV: KVStorage {
             let blk = blocks[k]
             guard blk.start < n else { break }
             let len = min(blk.count, n - blk.start)
-            dequantValues(sealedBlock(b, storedLayer, k), head, into: buf)
-            if let pr, let m = merged[(b * layers + pr.first) * blocks.count + k] { m.restore(kv: 1, second: pr.second, head: head, rows: buf, len: len) }
+            let sb = sealedBlock(b, storedLayer, k)
+            let mergedBlock = pr.flatMap { merged[(b * layers + $0.first) * blocks.count + k] }
+            if fused && mergedBlock == nil {
+                attendValueCodes(sb, head, p: scores + blk.start, nq: nq, ldp: n, len: len, out: out)
+                continue
+            }
+            dequantValues(sb, head, into: buf)
+            if let pr, let mergedBlock { mergedBlock.restore(kv: 1, second: pr.second, head: head, rows: buf, len: len) }
             // Evicted rows of the scratch hold stale values, but their probabilities are 0 (skipped).
             for i in 0..<nq { ck_weighted_rows_acc(scores + i * n + blk.start, buf, Int32(len), Int32(hd), out + i * hd) }
         }
         if nRecent > 0 {
             for i in 0..<nq { ck_weighted_rows_acc_f16(scores + i * n + recentStart, rv, Int32(nRecent), Int32(hd), out + i * hd) }
+        }
+    }
+
+    /// Scores of the nq queries against the kept rows of a sealed block (channel-wise keys), computed on the codes:
+    /// scores[i * ld + slot - block start] for the block's slots below len.
+    private func attendKeyCodes(_ sb: Sealed, _ head: Int, q: UnsafePointer<Float>, nq: Int, len: Int,
+                                scores: UnsafeMutablePointer<Float>, ld: Int) {
+        let L = sb.layout, hd = headDim
+        let c = sb.codes(head), p = sb.halves(head * L.headBytes + L.keyParam)
+        let idBase = sb.ids ?? identity
+        var row0 = 0
+        for (s, rows) in L.setRows.enumerated() where rows > 0 {
+            ck_kv_scores_channel(c + L.keyCode[s], Int32(L.setBits[s]), Int32(rows), Int32(hd), p + s * 2 * hd, p + s * 2 * hd + hd,
+                                 idBase + row0, Int32(len), q, Int32(nq), scores, Int32(ld))
+            row0 += rows
+        }
+    }
+
+    /// out[i][0..<hd] += the probability-weighted values of the kept rows of a sealed block, computed on the codes
+    /// (p[i * ldp + slot - block start] is query i's probability of that slot).
+    private func attendValueCodes(_ sb: Sealed, _ head: Int, p probs: UnsafePointer<Float>, nq: Int, ldp: Int, len: Int,
+                                  out: UnsafeMutablePointer<Float>) {
+        let L = sb.layout, hd = headDim
+        let c = sb.codes(head), p = sb.halves(head * L.headBytes + L.valueParam)
+        let idBase = sb.ids ?? identity
+        var row0 = 0
+        for (s, rows) in L.setRows.enumerated() where rows > 0 {
+            switch valueMode {
+            case .token(let g):
+                let G = hd / g
+                ck_kv_values_token(c + L.valueCode[s], Int32(L.setBits[s]), Int32(rows), Int32(hd), Int32(g), p + row0 * 2 * G, Int32(2 * G),
+                                   nil, idBase + row0, Int32(len), probs, Int32(nq), Int32(ldp), out)
+            case .cst:
+                ck_kv_values_token(c + L.valueCode[s], Int32(L.setBits[s]), Int32(rows), Int32(hd), Int32(hd), sb.halves(L.shared) + row0 * 2, 2,
+                                   p, idBase + row0, Int32(len), probs, Int32(nq), Int32(ldp), out)
+            }
+            row0 += rows
         }
     }
 
