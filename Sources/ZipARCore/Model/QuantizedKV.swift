@@ -313,86 +313,79 @@ final class QuantizedKV: KVStorage {
         }
     }
 
-    /// Scores of the nq queries against the kept rows of a sealed block (channel-wise keys), computed on the codes:
-    /// scores[i * ld + slot - block start] for the block's slots below len.
-    private func attendKeyCodes(_ sb: Sealed, _ head: Int, q: UnsafePointer<Float>, nq: Int, len: Int,
-                                scores: UnsafeMutablePointer<Float>, ld: Int) {
+    /// One code set of one head of a sealed block: its packed codes, bit width, row count and the ids of its rows.
+    struct CodeSet { let codes: UnsafePointer<UInt8>, bits: Int32, rows: Int32, ids: UnsafePointer<UInt16> }
+
+    /// The key code sets of one head of a sealed block, each with its parameters: channel-wise, mins [hd] then
+    /// steps [hd]; token-wise (int8), per row hd/g mins then hd/g steps.
+    private func keySets(_ sb: Sealed, _ head: Int, _ body: (CodeSet, _ params: UnsafePointer<UInt16>) -> Void) {
         let L = sb.layout, hd = headDim
         let c = sb.codes(head), p = sb.halves(head * L.headBytes + L.keyParam)
         let idBase = sb.ids ?? identity
         var row0 = 0
         for (s, rows) in L.setRows.enumerated() where rows > 0 {
-            ck_kv_scores_channel(c + L.keyCode[s], Int32(L.setBits[s]), Int32(rows), Int32(hd), p + s * 2 * hd, p + s * 2 * hd + hd,
-                                 idBase + row0, Int32(len), q, Int32(nq), scores, Int32(ld))
+            let set = CodeSet(codes: c + L.keyCode[s], bits: Int32(L.setBits[s]), rows: Int32(rows), ids: idBase + row0)
+            switch keyMode {
+            case .channel: body(set, p + s * 2 * hd)
+            case .token(let g): body(set, p + row0 * 2 * (hd / g))
+            }
             row0 += rows
+        }
+    }
+
+    /// The value code sets of one head of a sealed block, as the token-wise kernels take them: group, per-row
+    /// parameters and their stride, and the CST channel scale (nil for KIVI and int8).
+    private func valueSets(_ sb: Sealed, _ head: Int,
+                           _ body: (CodeSet, _ group: Int32, _ params: UnsafePointer<UInt16>, _ stride: Int32, _ chanScale: UnsafePointer<UInt16>?) -> Void) {
+        let L = sb.layout, hd = headDim
+        let c = sb.codes(head), p = sb.halves(head * L.headBytes + L.valueParam)
+        let idBase = sb.ids ?? identity
+        var row0 = 0
+        for (s, rows) in L.setRows.enumerated() where rows > 0 {
+            let set = CodeSet(codes: c + L.valueCode[s], bits: Int32(L.setBits[s]), rows: Int32(rows), ids: idBase + row0)
+            switch valueMode {
+            case .token(let g): body(set, Int32(g), p + row0 * 2 * (hd / g), Int32(2 * (hd / g)), nil)
+            case .cst: body(set, Int32(hd), sb.halves(L.shared) + row0 * 2, 2, p)
+            }
+            row0 += rows
+        }
+    }
+
+    /// Scores of the nq queries against the kept rows of a sealed block (channel-wise keys), computed on the codes:
+    /// scores[i * ld + slot - block start] for the block's slots below len.
+    private func attendKeyCodes(_ sb: Sealed, _ head: Int, q: UnsafePointer<Float>, nq: Int, len: Int,
+                                scores: UnsafeMutablePointer<Float>, ld: Int) {
+        let hd = Int32(headDim)
+        keySets(sb, head) { set, par in
+            ck_kv_scores_channel(set.codes, set.bits, set.rows, hd, par, par + Int(hd), set.ids, Int32(len), q, Int32(nq), scores, Int32(ld))
         }
     }
 
     /// out[i][0..<hd] += the probability-weighted values of the kept rows of a sealed block, computed on the codes
     /// (p[i * ldp + slot - block start] is query i's probability of that slot).
-    private func attendValueCodes(_ sb: Sealed, _ head: Int, p probs: UnsafePointer<Float>, nq: Int, ldp: Int, len: Int,
+    private func attendValueCodes(_ sb: Sealed, _ head: Int, p: UnsafePointer<Float>, nq: Int, ldp: Int, len: Int,
                                   out: UnsafeMutablePointer<Float>) {
-        let L = sb.layout, hd = headDim
-        let c = sb.codes(head), p = sb.halves(head * L.headBytes + L.valueParam)
-        let idBase = sb.ids ?? identity
-        var row0 = 0
-        for (s, rows) in L.setRows.enumerated() where rows > 0 {
-            switch valueMode {
-            case .token(let g):
-                let G = hd / g
-                ck_kv_values_token(c + L.valueCode[s], Int32(L.setBits[s]), Int32(rows), Int32(hd), Int32(g), p + row0 * 2 * G, Int32(2 * G),
-                                   nil, idBase + row0, Int32(len), probs, Int32(nq), Int32(ldp), out)
-            case .cst:
-                ck_kv_values_token(c + L.valueCode[s], Int32(L.setBits[s]), Int32(rows), Int32(hd), Int32(hd), sb.halves(L.shared) + row0 * 2, 2,
-                                   p, idBase + row0, Int32(len), probs, Int32(nq), Int32(ldp), out)
-            }
-            row0 += rows
+        valueSets(sb, head) { set, g, par, stride, cs in
+            ck_kv_values_token(set.codes, set.bits, set.rows, Int32(headDim), g, par, stride, cs, set.ids, Int32(len), p, Int32(nq), Int32(ldp), out)
         }
     }
 
     /// Keys of a sealed block of one head, in slot order, into out[count][headDim] (evicted rows untouched).
     func dequantKeys(_ sb: Sealed, _ head: Int, into out: UnsafeMutablePointer<Float>) {
-        let L = sb.layout, hd = headDim
-        let c = sb.codes(head), p = sb.halves(head * L.headBytes + L.keyParam)
-        let idBase = sb.ids ?? identity
-        var row0 = 0
-        for (s, rows) in L.setRows.enumerated() where rows > 0 {
+        let hd = Int32(headDim)
+        keySets(sb, head) { set, par in
             switch keyMode {
-            case .channel:
-                ck_kv_dequant_channel(c + L.keyCode[s], Int32(L.setBits[s]), Int32(rows), Int32(hd), p + s * 2 * hd, p + s * 2 * hd + hd,
-                                      idBase + row0, out)
-            case .token(let g):
-                dequantTokenwise(c + L.keyCode[s], bits: L.setBits[s], rows: rows, group: g, params: p, row0: row0, ids: idBase, into: out)
+            case .channel: ck_kv_dequant_channel(set.codes, set.bits, set.rows, hd, par, par + Int(hd), set.ids, out)
+            case .token(let g): ck_kv_dequant_token(set.codes, set.bits, set.rows, hd, Int32(g), par, 2 * hd / Int32(g), nil, set.ids, out)
             }
-            row0 += rows
         }
     }
 
     /// Values of a sealed block of one head, in slot order, into out[count][headDim] (evicted rows untouched).
     func dequantValues(_ sb: Sealed, _ head: Int, into out: UnsafeMutablePointer<Float>) {
-        let L = sb.layout, hd = headDim
-        let c = sb.codes(head), p = sb.halves(head * L.headBytes + L.valueParam)
-        let idBase = sb.ids ?? identity
-        var row0 = 0
-        for (s, rows) in L.setRows.enumerated() where rows > 0 {
-            switch valueMode {
-            case .token(let g):
-                dequantTokenwise(c + L.valueCode[s], bits: L.setBits[s], rows: rows, group: g, params: p, row0: row0, ids: idBase, into: out)
-            case .cst:
-                ck_kv_dequant_token(c + L.valueCode[s], Int32(L.setBits[s]), Int32(rows), Int32(hd), Int32(hd), sb.halves(L.shared) + row0 * 2, 2, p,
-                                    idBase + row0, out)
-            }
-            row0 += rows
+        valueSets(sb, head) { set, g, par, stride, cs in
+            ck_kv_dequant_token(set.codes, set.bits, set.rows, Int32(headDim), g, par, stride, cs, set.ids, out)
         }
-    }
-
-    /// One token-wise code set (KIVI values, int8 keys and values): rows row0..<row0+rows of the block, each
-    /// with hd/g mins then hd/g steps at params + row * 2 * (hd/g), written to their slots' rows of out.
-    private func dequantTokenwise(_ codes: UnsafePointer<UInt8>, bits: Int, rows: Int, group g: Int, params: UnsafePointer<UInt16>,
-                                  row0: Int, ids: UnsafePointer<UInt16>, into out: UnsafeMutablePointer<Float>) {
-        let G = headDim / g
-        ck_kv_dequant_token(codes, Int32(bits), Int32(rows), Int32(headDim), Int32(g), params + row0 * 2 * G, Int32(2 * G), nil,
-                            ids + row0, out)
     }
 
     // MARK: sealing
