@@ -38,7 +38,6 @@ static void gemm_rows_generic(const float *x, int m, int k, const float *w, int 
     }
 }
 
-
 static void gemm_rows_f16_generic(const float *x, int m, int k, const uint16_t *w, int j0, int j1, float *y, int ldy) {
     for (int j = j0; j < j1; j++) {
         const uint16_t *wr = w + (size_t)j * k;
@@ -806,7 +805,18 @@ void ck_weighted_rows_acc_f16(const float *p, const uint16_t *v, int n, int d, f
     for (int c = 0; c < d; c++) out[c] += tmp[c];
 }
 
+#ifdef CK_X86
+CK_AVX2 static void f16_to_f32_avx2(const uint16_t *src, float *dst, int n) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+    for (; i < n; i++) dst[i] = half_to_float(src[i]);
+}
+#endif
+
 void ck_f16_to_f32(const uint16_t *src, float *dst, int n) {
+#ifdef CK_X86
+    if (ck_has_avx2_fma()) { f16_to_f32_avx2(src, dst, n); return; }
+#endif
     for (int i = 0; i < n; i++) dst[i] = half_to_float(src[i]);
 }
 

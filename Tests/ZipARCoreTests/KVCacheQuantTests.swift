@@ -160,6 +160,19 @@ final class KVCacheQuantTests: XCTestCase {
         }
     }
 
+    /// ck_f16_to_f32 (F16C and the portable tail) is exact for every half, subnormals, infinities and NaNs included.
+    func testHalfToFloatEveryBitPattern() {
+        let all = (0..<65536).map { UInt16($0) }
+        for n in [65536, 65531] {
+            var out = [Float](repeating: 0, count: n)
+            ck_f16_to_f32(all, &out, Int32(n))
+            for i in 0..<n {
+                let want = Float(Float16(bitPattern: all[i]))
+                XCTAssert(want.isNaN ? out[i].isNaN : out[i].bitPattern == want.bitPattern, "half \(all[i])")
+            }
+        }
+    }
+
     /// Attention on the codes (ck_kv_scores_channel, ck_kv_values_token) equals attention on the dequantized
     /// rows (ck_kv_dequant_*, checked above against the quantizer), for the AVX-512 and the portable paths:
     /// permuted ids, rows past len skipped, zero probabilities, 1-9 queries, groups, a channel scale.
