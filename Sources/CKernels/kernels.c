@@ -632,32 +632,74 @@ CK_AVX512B static void swiglu_avx512(float *a, const float *b, int n) {
    streaming product would sum each (query, key) pair with a full horizontal reduction (~8 shuffle/add
    uops for just d/16 FMAs at head_dim 64); here 16 keys are accumulated side by side and reduced
    together by a transpose-and-add tree (45 uops per 16 scores, reduce16). Keys of one head sit in L2. */
+/* Queries go innermost: each 16-key block (4 KB at head_dim 64) comes from memory once and the other
+   queries of the group reuse it from L1, so a ZipAR pass's extra queries compute while the key stream
+   goes on instead of re-reading every key from L2 after it. */
 #define DEFINE_SCORES512(NAME, WT, LOAD) \
 CK_AVX512B static void NAME(const float *q, int nq, const WT *k, int n, int d, float *scores, int ld) { \
     int n16 = n & ~15; \
-    for (int i = 0; i < nq; i++) { \
-        const float *qi = q + (size_t)i * d; \
-        float *si = scores + (size_t)i * ld; \
-        for (int j0 = 0; j0 < n16; j0 += 16) {   /* constant trip counts: A stays in registers */ \
+    for (int j0 = 0; j0 < n16; j0 += 16) { \
+        const WT *kb = k + (size_t)j0 * d; \
+        for (int i = 0; i < nq; i++) {   /* constant trip counts: A stays in registers */ \
+            const float *qi = q + (size_t)i * d; \
             __m512 A[16]; \
-            const WT *kb = k + (size_t)j0 * d; \
             __m512 qc = _mm512_loadu_ps(qi); \
             for (int t = 0; t < 16; t++) A[t] = _mm512_mul_ps(qc, LOAD(kb + (size_t)t * d)); \
             for (int c = 16; c < d; c += 16) { \
                 qc = _mm512_loadu_ps(qi + c); \
                 for (int t = 0; t < 16; t++) A[t] = _mm512_fmadd_ps(qc, LOAD(kb + (size_t)t * d + c), A[t]); \
             } \
-            _mm512_storeu_ps(si + j0, reduce16(A)); \
+            _mm512_storeu_ps(scores + (size_t)i * ld + j0, reduce16(A)); \
         } \
-        for (int j = n16; j < n; j++) {   /* the last n % 16 keys one at a time */ \
+    } \
+    for (int j = n16; j < n; j++) {   /* the last n % 16 keys one at a time */ \
+        for (int i = 0; i < nq; i++) { \
+            const float *qi = q + (size_t)i * d; \
             __m512 acc = _mm512_setzero_ps(); \
             for (int c = 0; c < d; c += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(qi + c), LOAD(k + (size_t)j * d + c), acc); \
-            si[j] = _mm512_reduce_add_ps(acc); \
+            scores[(size_t)i * ld + j] = _mm512_reduce_add_ps(acc); \
         } \
     } \
 }
 DEFINE_SCORES512(scores512_f32, float, LOAD512_F32)
 DEFINE_SCORES512(scores512_f16, uint16_t, LOAD512_F16)
+
+/* out[i*ldo ...] = sum_j p[i*n + j] * v[j*d ...] for a group of nq >= 2 queries (d a multiple of 64):
+   each value row is loaded once for up to 4 queries (4 x 4 accumulators), for the same reason as the
+   scores above. Rows with probability 0 are skipped, not multiplied (see weighted_rows_avx512). */
+#define DEFINE_VALUES_MULTI512(NAME, WT, LOAD) \
+CK_AVX512B __attribute__((always_inline)) static inline void NAME##_m(const float *p, int n, const int M, const WT *v, int d, \
+                                                                   int c, float *out, int ldo) { \
+    __m512 acc[4][4]; \
+    for (int i = 0; i < M; i++) for (int u = 0; u < 4; u++) acc[i][u] = _mm512_setzero_ps(); \
+    for (int j = 0; j < n; j++) { \
+        const WT *vj = v + (size_t)j * d + c; \
+        __m512 x0 = LOAD(vj), x1 = LOAD(vj + 16), x2 = LOAD(vj + 32), x3 = LOAD(vj + 48); \
+        for (int i = 0; i < M; i++) { \
+            float pij = p[(size_t)i * n + j]; \
+            if (pij == 0.0f) continue; \
+            __m512 pp = _mm512_set1_ps(pij); \
+            acc[i][0] = _mm512_fmadd_ps(pp, x0, acc[i][0]); acc[i][1] = _mm512_fmadd_ps(pp, x1, acc[i][1]); \
+            acc[i][2] = _mm512_fmadd_ps(pp, x2, acc[i][2]); acc[i][3] = _mm512_fmadd_ps(pp, x3, acc[i][3]); \
+        } \
+    } \
+    for (int i = 0; i < M; i++) for (int u = 0; u < 4; u++) _mm512_storeu_ps(out + (size_t)i * ldo + c + 16 * u, acc[i][u]); \
+} \
+CK_AVX512B static void NAME(const float *p, int nq, const WT *v, int n, int d, float *out, int ldo) { \
+    for (int i0 = 0; i0 < nq; i0 += 4) { \
+        int m = nq - i0 < 4 ? nq - i0 : 4; \
+        const float *pi = p + (size_t)i0 * n; \
+        float *oi = out + (size_t)i0 * ldo; \
+        for (int c = 0; c < d; c += 64) { \
+            if (m == 1) NAME##_m(pi, n, 1, v, d, c, oi, ldo); \
+            else if (m == 2) NAME##_m(pi, n, 2, v, d, c, oi, ldo); \
+            else if (m == 3) NAME##_m(pi, n, 3, v, d, c, oi, ldo); \
+            else NAME##_m(pi, n, 4, v, d, c, oi, ldo); \
+        } \
+    } \
+}
+DEFINE_VALUES_MULTI512(values_multi512_f32, float, LOAD512_F32)
+DEFINE_VALUES_MULTI512(values_multi512_f16, uint16_t, LOAD512_F16)
 #endif
 
 /* Masked, scaled softmax of one score row in place (masked slots become exactly 0); returns 0, with
@@ -727,13 +769,19 @@ static void sab_row(float *p, int n) {
    of value rows. */
 static void softmax_and_values(const uint8_t *masks, const int *maskOffsets, int nq, int n, int d, float scale, int sab,
                                float *scores, float *out, int ldo, const float *v, const uint16_t *v16) {
+    /* A query that sees no slot gets an all-zero row, hence a zero output. */
+    for (int i = 0; i < nq; i++)
+        if (softmax_row(scores + (size_t)i * n, masks + maskOffsets[i], n, scale) && sab) sab_row(scores + (size_t)i * n, n);
+#ifdef CK_X86
+    if (nq > 1 && d % 64 == 0 && ck_avx512_enabled && has_avx512()) {
+        if (v16) values_multi512_f16(scores, nq, v16, n, d, out, ldo);
+        else values_multi512_f32(scores, nq, v, n, d, out, ldo);
+        return;
+    }
+#endif
     for (int i = 0; i < nq; i++) {
-        float *s = scores + (size_t)i * n;
-        if (!softmax_row(s, masks + maskOffsets[i], n, scale)) { memset(out + (size_t)i * ldo, 0, sizeof(float) * (size_t)d); continue; }
-        if (sab) sab_row(s, n);
-        /* Value rows of one head are a few hundred KB at most: after the first query they come from cache. */
-        if (v16) weighted_rows_f16(s, v16, n, d, out + (size_t)i * ldo);
-        else weighted_rows(s, v, n, d, out + (size_t)i * ldo);
+        if (v16) weighted_rows_f16(scores + (size_t)i * n, v16, n, d, out + (size_t)i * ldo);
+        else weighted_rows(scores + (size_t)i * n, v, n, d, out + (size_t)i * ldo);
     }
 }
 

@@ -385,6 +385,12 @@ struct BenchCommand: ParsableCommand {
             print(String(format: "| %d | %.1f | %.1f | %.1f | %.2f | %.2f | %.1f | %.2f | %.1f | %.2f | %.2f | %.2f | %.2f | %.2f |", r.rows, r.kernel, r.sgemm, r.sgemv, r.kernel / limit,
                          r.sgemm / r.kernel, r.w8, r.w8 / (mb8 / bw), r.w4, r.w4 / (mb4 / bw), r.kernel / r.w4, r.w1, r.w1 / (mb1 / bw), r.kernel / r.w1))
         }
+        // Attention of a ZipAR pass: several queries per head over the same keys and values.
+        let heads = 288, slots = 400, mb = Double(heads * slots * 64 * 4 * 2) / 1e6
+        print(String(format: "\nattention (fp32 KV cache), 1 thread: 1-4 queries x %d heads of %d slots x 64 (%.0f MB of keys and values)", heads, slots, mb))
+        print("\n| queries | ms | x 1 query |\n|---|---|---|")
+        let att = Measure.attentionGroups(heads: heads, slots: slots)
+        for a in att { print(String(format: "| %d | %.2f | %.2f |", a.queries, a.ms, a.ms / att[0].ms)) }
     }
 
     /// In-memory quantization for timing: DGQ calibrates on seeded random tokens with the bench's condition

@@ -175,7 +175,7 @@ final class GPTTests: XCTestCase {
         var rng = RNG(seed: 21)
         for avx512 in [Int32(1), 0] {
             ck_avx512_enabled = avx512
-            for (nq, n, d) in [(1, 1, 64), (3, 17, 64), (6, 600, 64), (2, 33, 32), (4, 100, 128), (5, 31, 40), (2, 16, 16)] {
+            for (nq, n, d) in [(1, 1, 64), (3, 17, 64), (6, 600, 64), (9, 70, 64), (2, 33, 32), (4, 100, 128), (5, 31, 40), (2, 16, 16)] {
                 let q = (0..<(nq * d)).map { _ in rng.nextNormal() }
                 let k = (0..<(n * d)).map { _ in rng.nextNormal() }, v = (0..<(n * d)).map { _ in rng.nextNormal() }
                 var masks = (0..<(nq * n)).map { _ in UInt8(rng.next() % 4 == 0 ? 0 : 1) }

@@ -119,6 +119,33 @@ extension Measure {
     }
 }
 
+extension Measure {
+    /// One attention group (ck_attend_group: scores, softmax, values) of 1...maxQueries queries over `heads`
+    /// separate fp32 key/value blocks of `slots` x 64 (together far larger than the caches, like a pass over
+    /// every layer and head of GPT-B at 24x24), on one thread, in ms (median of `runs`).
+    public static func attentionGroups(heads: Int = 288, slots: Int = 400, maxQueries: Int = 4, runs: Int = 9) -> [(queries: Int, ms: Double)] {
+        let d = 64
+        var rng = RNG(seed: 5)
+        let k = Tensor(shape: [heads * slots * d]), v = Tensor(shape: [heads * slots * d])
+        for i in 0..<k.count { k.data[i] = rng.nextNormal(); v.data[i] = rng.nextNormal() }
+        let q = (0..<(maxQueries * d)).map { _ in rng.nextNormal() * 0.125 }
+        let masks = [UInt8](repeating: 1, count: maxQueries * slots)
+        let offsets = (0..<maxQueries).map { Int32($0 * slots) }
+        var scores = [Float](repeating: 0, count: maxQueries * slots), out = [Float](repeating: 0, count: maxQueries * d)
+        return (1...maxQueries).map { nq in
+            let times = (0..<(runs + 1)).map { _ in
+                time {
+                    for h in 0..<heads {
+                        ck_attend_group(q, Int32(d), k.data + h * slots * d, v.data + h * slots * d, masks, offsets, Int32(nq), Int32(slots),
+                                        Int32(d), 0.125, 0, &scores, &out, Int32(d))
+                    }
+                } * 1e3
+            }
+            return (nq, median(Array(times.dropFirst())))
+        }
+    }
+}
+
 /// Optional per-component timing of forward passes (`zipar bench --profile`). Off (nil) by default;
 /// when on, each pass adds a clock read per component.
 public final class PassProfiler {
