@@ -260,7 +260,7 @@ final class QuantizedKV: KVStorage {
         let buf = scratch + worker * blockSize * hd
         let rk = recentK + hi * cap * hd, rv = recentV + hi * cap * hd
         let nRecent = max(0, n - recentStart)
-        // Scores: sealed blocks one at a time through the scratch buffer, then the fp16 recent slots.
+        // Scores: sealed blocks one at a time (on their codes, or through the scratch buffer), then the fp16 recent slots.
         let pr = pair(layer), storedLayer = pr?.first ?? layer
         for k in 0..<sealedBlocks {
             let blk = blocks[k]
