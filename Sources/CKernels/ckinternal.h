@@ -25,6 +25,8 @@ static inline float half_to_float(uint16_t h) {
 }
 
 #ifdef CK_X86
+/* Kernels compiled for AVX2 + FMA (+ F16C), picked at run time where the CPU has them. */
+#define CK_AVX2 __attribute__((target("avx2,fma,f16c")))
 /* Whether the CPU has AVX-512F (with AVX2/FMA/F16C); cached. ck_avx512_enabled switches it off. */
 int ck_cpu_has_avx512(void);
 #define has_avx512 ck_cpu_has_avx512

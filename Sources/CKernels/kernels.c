@@ -4,10 +4,6 @@
 #include "ckinternal.h"
 #include <math.h>
 #include <string.h>
-#if defined(__x86_64__)
-#include <immintrin.h>
-#define CK_X86 1
-#endif
 
 int ck_avx512_enabled = 1;
 
@@ -52,8 +48,6 @@ static void gemm_rows_f16_generic(const float *x, int m, int k, const uint16_t *
 
 /* ------------------------------------------------------------------ AVX2 + FMA */
 #ifdef CK_X86
-#define CK_AVX2 __attribute__((target("avx2,fma,f16c")))
-
 CK_AVX2 static inline float hsum8(__m256 v) {
     __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
     lo = _mm_add_ps(lo, hi);
@@ -770,8 +764,7 @@ static void sab_row(float *p, int n) {
 static void softmax_and_values(const uint8_t *masks, const int *maskOffsets, int nq, int n, int d, float scale, int sab,
                                float *scores, float *out, int ldo, const float *v, const uint16_t *v16) {
     /* A query that sees no slot gets an all-zero row, hence a zero output. */
-    for (int i = 0; i < nq; i++)
-        if (softmax_row(scores + (size_t)i * n, masks + maskOffsets[i], n, scale) && sab) sab_row(scores + (size_t)i * n, n);
+    ck_softmax_rows(masks, maskOffsets, nq, n, scale, sab, scores);
 #ifdef CK_X86
     if (nq > 1 && d % 64 == 0 && ck_avx512_enabled && has_avx512()) {
         if (v16) values_multi512_f16(scores, nq, v16, n, d, out, ldo);

@@ -2,11 +2,6 @@
    and attention computed straight from the codes. */
 #include "ckernels.h"
 #include "ckinternal.h"
-#include <math.h>
-
-#ifdef CK_X86
-#define CK_AVX2 __attribute__((target("avx2,fma,f16c")))
-#endif
 
 /* The quantized caches keep codes packed along the channel axis of one row, planar like the
    official ZipCache packing: 4-bit byte j = c[j] | c[j + d/2] << 4; 2-bit byte j = c[j] |

@@ -87,8 +87,8 @@ final class QuantizedKV: KVStorage {
     /// channel-wise parameters (int8's token-wise keys always use the scratch). ZIPAR_KV_FUSED=0 turns it off,
     /// for comparisons.
     var fused: Bool { Self.fusedAllowed && ck_kv_fused_fast(Int32(headDim)) != 0 }
-    var fusedKeys: Bool {
-        if case .channel = keyMode { return fused }
+    var channelKeys: Bool {
+        if case .channel = keyMode { return true }
         return false
     }
     static let fusedAllowed = ProcessInfo.processInfo.environment["ZIPAR_KV_FUSED"] != "0"
@@ -260,6 +260,7 @@ final class QuantizedKV: KVStorage {
         let buf = scratch + worker * blockSize * hd
         let rk = recentK + hi * cap * hd, rv = recentV + hi * cap * hd
         let nRecent = max(0, n - recentStart)
+        let fused = self.fused, fusedKeys = fused && channelKeys
         // Scores: sealed blocks one at a time (on their codes, or through the scratch buffer), then the fp16 recent slots.
         let pr = pair(layer), storedLayer = pr?.first ?? layer
         for k in 0..<sealedBlocks {
