@@ -357,6 +357,24 @@ final class EvalCommandTests: XCTestCase {
         try zipar(["eval", "--model", "/nonexistent/model", "--n", "1"], expect: 1)
     }
 
+    func testPromptEncoderAddsWordPositionsFromTheFirstWord() throws {
+        let vocab = ["<pad>", "a", "red", "circle"], dim = 3, length = 5
+        let table = Tensor(shape: [4, dim], values: (0..<12).map { Float($0) })
+        let positions = Tensor(shape: [length, dim], values: (0..<15).map { Float($0) * 100 })
+        let enc = PromptEncoder(vocab: vocab, embedding: table, positions: positions, length: length)
+        let (f, mask) = try enc.encode("A  Red circle")
+        XCTAssertEqual(mask, [false, false, true, true, true])
+        XCTAssertEqual(Array(UnsafeBufferPointer(start: f.data, count: 2 * dim)), [Float](repeating: 0, count: 2 * dim))
+        // Row 2 + i holds word i: embedding[id] + position[i] (positions count from the first word, not the padding).
+        for (i, id) in [1, 2, 3].enumerated() {
+            let row = Array(UnsafeBufferPointer(start: f.data + (2 + i) * dim, count: dim))
+            XCTAssertEqual(row, (0..<dim).map { table.data[id * dim + $0] + positions.data[i * dim + $0] })
+        }
+        // Without a position table the rows are the word embeddings alone (models trained before it).
+        let plain = try PromptEncoder(vocab: vocab, embedding: table, length: length).encode("a red circle").features
+        XCTAssertEqual(Array(UnsafeBufferPointer(start: plain.data + 2 * dim, count: dim)), [3, 4, 5])
+    }
+
     func testTinyModelAllModesSameSeeds() throws {
         let dir = try Fixtures.tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -371,7 +389,10 @@ final class EvalCommandTests: XCTestCase {
         try (words.joined(separator: "\n") + "\n").write(toFile: model + "/text_vocab.txt", atomically: true, encoding: .utf8)
         var rng = RNG(seed: 3)
         let table = Tensor(shape: [words.count, 16], values: (0..<(words.count * 16)).map { _ in rng.nextNormal() })
-        try SafeTensorsWriter.write([.f32("embedding.weight", table)], to: model + "/text.safetensors")
+        let cls = try XCTUnwrap(gpt["cls_token_num"] as? Int)
+        let positions = Tensor(shape: [cls, 16], values: (0..<(cls * 16)).map { _ in rng.nextNormal() })
+        try SafeTensorsWriter.write([.f32("embedding.weight", table), .f32("position_embedding.weight", positions)],
+                                    to: model + "/text.safetensors")
 
         let images = dir + "/images"
         try FileManager.default.createDirectory(atPath: images, withIntermediateDirectories: true)
@@ -389,6 +410,12 @@ final class EvalCommandTests: XCTestCase {
         let prompt = try ShapePrompt.parse(try XCTUnwrap(results[0]["prompt"] as? String))
         let raster = try ImageFile.read(images + "/0000_raster.png").image
         XCTAssertEqual((results[0]["passed"] as? [Bool])?.first, Analyser().check(raster, prompt: prompt).passed)
+
+        // A position table of the wrong shape is refused by name.
+        try SafeTensorsWriter.write([.f32("embedding.weight", table), .f32("position_embedding.weight", Tensor(shape: [cls + 1, 16]))],
+                                    to: model + "/text.safetensors")
+        let (_, err1) = try zipar(["eval", "--model", model, "--n", "1"], expect: 1)
+        XCTAssertTrue(err1.contains("position_embedding.weight"), err1)
 
         // A word the model does not know fails before any compute, with exit 1.
         try "<pad>\na\nred\n".write(toFile: model + "/text_vocab.txt", atomically: true, encoding: .utf8)

@@ -201,17 +201,46 @@ def test_train_tiny_end_to_end():
         vocab = vocab[:-1] if vocab[-1] == "" else vocab
         assert vocab == shapes.vocabulary()
         text = read_st(os.path.join(out, "text.safetensors"))
-        assert list(text) == ["embedding.weight"] and text["embedding.weight"].shape == (len(vocab), g["caption_dim"])
+        assert sorted(text) == ["embedding.weight", "position_embedding.weight"]
+        assert text["embedding.weight"].shape == (len(vocab), g["caption_dim"])
+        assert text["position_embedding.weight"].shape == (g["cls_token_num"], g["caption_dim"])
         # loadable, and it generates an image
         from train import load_model_dir, sample_images
-        config, gm, vm, emb = load_model_dir(out)
-        imgs = sample_images(config, gm, vm, emb, ["a red circle above a blue square"], (2.0, 1.0, 0, 1.0), 0)
+        config, gm, vm, tm = load_model_dir(out)
+        imgs = sample_images(config, gm, vm, tm, ["a red circle above a blue square"], (2.0, 1.0, 0, 1.0), 0)
         assert imgs.shape == (1, cfg["image_size"], cfg["image_size"], 3) and imgs.dtype == np.uint8
         # --resume after completion reuses the checkpoints
         r = subprocess.run([sys.executable, os.path.join(REPO, "tools", "train", "train.py"), "--tiny", "-o", out,
                             "--work", work, "--resume", "--no-tune"], capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr[-2000:]
         assert "(resumed)" in r.stdout and "gpt: resuming at step" in r.stdout
+
+
+def test_text_features_count_word_positions_from_the_first_word():
+    import torch
+    from train import TextEmbedding, encode_prompt, WORD_ID
+    torch.manual_seed(0)
+    t = TextEmbedding(len(WORD_ID), 8, 12)
+    with torch.no_grad():
+        t.position_embedding.weight.normal_()
+    ids, mask = encode_prompt("a red circle", 12)
+    f = t(torch.tensor([ids]), torch.tensor([mask]))[0]
+    assert torch.all(f[:9] == 0)  # pad rows
+    for i, w in enumerate(["a", "red", "circle"]):
+        want = t.embedding.weight[WORD_ID[w]] + t.position_embedding.weight[i]
+        assert torch.allclose(f[9 + i], want)
+    # The GPT's image tokens average the caption rows with equal weight after a nonlinear projection:
+    # without positions that average cannot tell which colour goes with which shape, with them it can.
+    a, ma = encode_prompt("a red circle left of a blue square", 12)
+    b, mb = encode_prompt("a blue circle left of a red square", 12)
+    ids, masks = torch.tensor([a, b]), torch.tensor([ma, mb])
+    seen = lambda f: torch.nn.functional.gelu(f).sum(1)
+    fa, fb = seen(t(ids, masks))
+    assert not torch.allclose(fa, fb, atol=1e-3)
+    with torch.no_grad():
+        t.position_embedding.weight.zero_()
+    fa, fb = seen(t(ids, masks))
+    assert torch.allclose(fa, fb, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------

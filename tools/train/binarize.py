@@ -31,6 +31,7 @@ from the base model. Losses go to stdout and WORK/binarize.log.
 """
 
 import argparse
+import copy
 import json
 import os
 import shutil
@@ -320,7 +321,7 @@ def main(argv=None):
     os.makedirs(args.work, exist_ok=True)
     log = train.Logger(os.path.join(args.work, "binarize.log"))
 
-    config, teacher, _, emb = train.load_model_dir(args.base)
+    config, teacher, _, base_text = train.load_model_dir(args.base)
     for p in teacher.parameters():
         p.requires_grad_(False)
     tokens, ids, masks = load_data(args, config, log)
@@ -330,8 +331,7 @@ def main(argv=None):
     binarize_model(student, binarizer)
     if args.sab:
         use_sab(student)
-    text = train.TextEmbedding(emb.shape[0], emb.shape[1])
-    text.embedding.weight.data.copy_(emb)
+    text = copy.deepcopy(base_text).train()
     # No weight decay anywhere: on the latent binary weights it would only push them across zero, and
     # the rest starts trained. The estimator MLP learns at 2x the rate.
     opt = torch.optim.AdamW([{"params": list(student.parameters()) + list(text.parameters())},
@@ -369,7 +369,7 @@ def main(argv=None):
         _, m, _, _ = train.load_model_dir(args.base)
         binarize_model(m, Binarizer())
         m.load_state_dict(ema.shadow[0])
-        t = train.TextEmbedding(emb.shape[0], emb.shape[1])
+        t = copy.deepcopy(base_text)
         t.load_state_dict(ema.shadow[1])
         export(args.out, args.base, m, t.state_dict(), {"steps": step, "loss": round(avg, 4), "batch": args.batch,
                                                          "distill": args.distill,
@@ -391,7 +391,7 @@ def main(argv=None):
         loss = ce
         if args.distill > 0:
             with torch.no_grad():
-                t_logits, _ = teacher(tok[:, :-1], emb[wid] * m[..., None].float(), m, force_drop_ids=drop.long())
+                t_logits, _ = teacher(tok[:, :-1], base_text(wid, m), m, force_drop_ids=drop.long())
             kl = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(t_logits, -1), log_target=True,
                           reduction="batchmean") / logits.shape[1]
             loss = ce + args.distill * kl

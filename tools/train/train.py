@@ -160,15 +160,38 @@ def encode_prompt(prompt, length):
 
 
 class TextEmbedding(torch.nn.Module):
-    """text.safetensors: embedding.weight [vocab, caption_dim]; pad rows give zero features."""
+    """text.safetensors: embedding.weight [vocab, caption_dim] and position_embedding.weight
+    [cls_token_num, caption_dim]; the feature of the i-th word of a prompt (counted from its first
+    word, whatever the padding) is embedding[word] + position_embedding[i]; pad rows are zero.
 
-    def __init__(self, vocab, dim):
+    Why positions: LlamaGen's 2D RoPE gives the condition prefix all-zero rotations, so the caption
+    rows' keys are zero and every image token averages them with equal weight. Without a position
+    term that average is a bag of words: "a red circle left of a blue square" and "a blue circle left
+    of a red square" would look the same to the GPT. The position table (zero-initialised, so a model
+    trained without it continues unchanged) binds each colour and shape word to its place."""
+
+    def __init__(self, vocab, dim, length):
         super().__init__()
         self.embedding = torch.nn.Embedding(vocab, dim)
         torch.nn.init.normal_(self.embedding.weight, std=dim ** -0.5)
+        self.position_embedding = torch.nn.Embedding(length, dim)
+        torch.nn.init.zeros_(self.position_embedding.weight)
 
     def forward(self, ids, mask):
-        return self.embedding(ids) * mask[..., None].to(self.embedding.weight.dtype)
+        word_index = (torch.cumsum(mask.long(), dim=-1) - 1).clamp(min=0)
+        feats = self.embedding(ids) + self.position_embedding(word_index)
+        return feats * mask[..., None].to(self.embedding.weight.dtype)
+
+    @staticmethod
+    def from_tables(tables, length):
+        """A TextEmbedding holding the tables of a text.safetensors (a zero position table if it has none)."""
+        emb = tables["embedding.weight"]
+        t = TextEmbedding(emb.shape[0], emb.shape[1], length)
+        with torch.no_grad():
+            t.embedding.weight.copy_(emb)
+            if "position_embedding.weight" in tables:
+                t.position_embedding.weight.copy_(tables["position_embedding.weight"])
+        return t
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,6 +393,8 @@ def param_groups(modules, wd):
     decay, no_decay = [], []
     for m in modules:
         for n, p in m.named_parameters():
+            if n.startswith("position_embedding"):
+                continue  # its own group (see train_gpt)
             (decay if p.dim() >= 2 and "embedding" not in n else no_decay).append(p)
     return [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
 
@@ -379,21 +404,34 @@ def train_gpt(cfg, data, work, out, log, resume, seed, export_fn):
     path = os.path.join(work, "gpt.pt")
     torch.manual_seed(seed)
     gpt = Transformer(cfg["gpt"])
-    text = TextEmbedding(len(VOCAB), cfg["gpt"].caption_dim)
+    text = TextEmbedding(len(VOCAB), cfg["gpt"].caption_dim, cfg["gpt"].cls_token_num)
+    # The position table has its own group, added after the others: checkpoints made before it
+    # existed hold two groups and load into the optimizer before the group is added.
     opt = torch.optim.AdamW(param_groups([gpt, text], 0.05), lr=cfg["gpt_lr"], betas=(0.9, 0.95))
+    position_group = {"params": [text.position_embedding.weight], "weight_decay": 0.0}
     ema = EMA([gpt, text], 0.999)
     step, used = 0, 0.0
     rng = np.random.default_rng(seed + 2)
     if resume and os.path.exists(path):
         ck = torch.load(path, weights_only=False)
         gpt.load_state_dict(ck["gpt"])
-        text.load_state_dict(ck["text"])
-        opt.load_state_dict(ck["opt"])
+        old = "position_embedding.weight" not in ck["text"]
+        text.load_state_dict(ck["text"], strict=not old)
+        if old:
+            opt.load_state_dict(ck["opt"])
+            opt.add_param_group(position_group)
+            ck["ema"][1]["position_embedding.weight"] = text.position_embedding.weight.detach().clone()
+            log("gpt: the checkpoint has no text position table; it starts at zero")
+        else:
+            opt.add_param_group(position_group)
+            opt.load_state_dict(ck["opt"])
         ema.shadow = ck["ema"]
         step, used = ck["step"], ck.get("elapsed", 0.0)
         rng.bit_generator.state = ck["rng"]
         torch.set_rng_state(ck["torch_rng"])
         log(f"gpt: resuming at step {step}")
+    else:
+        opt.add_param_group(position_group)
     total, bs = cfg["gpt_steps"], cfg["gpt_batch"]
     n = len(tokens)
     n_params = sum(p.numel() for p in gpt.parameters())
@@ -456,7 +494,10 @@ def export_dir(out, text_sd, write):
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
         emb = text_sd["embedding.weight"].detach().float().clone()
         emb[0] = 0  # the padding line is never looked up; zipar writes zero rows for padding
-        write_safetensors(os.path.join(tmp, "text.safetensors"), {"embedding.weight": emb.contiguous()})
+        tables = {"embedding.weight": emb.contiguous()}
+        if "position_embedding.weight" in text_sd:
+            tables["position_embedding.weight"] = text_sd["position_embedding.weight"].detach().float().contiguous()
+        write_safetensors(os.path.join(tmp, "text.safetensors"), tables)
         config = write(tmp)
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(config, f, indent=1)
@@ -503,7 +544,7 @@ def read_safetensors(path):
 
 
 def load_model_dir(path):
-    """(config, gpt, vq, text embedding table) from an exported model directory."""
+    """(config, gpt, vq, TextEmbedding) from an exported model directory."""
     with open(os.path.join(path, "config.json")) as f:
         config = json.load(f)
     g = dict(config["gpt"])
@@ -513,11 +554,11 @@ def load_model_dir(path):
     v = dict(config["vq"])
     vq = VQModel(VQArgs(**v))
     vq.load_state_dict(read_safetensors(os.path.join(path, "vq.safetensors")), strict=True)
-    emb = read_safetensors(os.path.join(path, "text.safetensors"))["embedding.weight"]
+    text = TextEmbedding.from_tables(read_safetensors(os.path.join(path, "text.safetensors")), g["cls_token_num"])
     with open(os.path.join(path, "text_vocab.txt")) as f:
-        vocab = f.read().split("\n")[: emb.shape[0]]
+        vocab = f.read().split("\n")[: text.embedding.weight.shape[0]]
     assert vocab == VOCAB, "text_vocab.txt differs from the grammar's vocabulary"
-    return config, gpt.eval(), vq.eval(), emb
+    return config, gpt.eval(), vq.eval(), text.eval()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -533,7 +574,7 @@ def eval_prompts(rng, n):
     return out
 
 
-def sample_images(config, gpt, vq, emb, prompts, setting, seed, batch=48):
+def sample_images(config, gpt, vq, text, prompts, setting, seed, batch=48):
     cfg_scale, temperature, top_k, top_p = setting
     T = config["gpt"]["cls_token_num"]
     grid = int(round(config["gpt"]["block_size"] ** 0.5))
@@ -544,8 +585,8 @@ def sample_images(config, gpt, vq, emb, prompts, setting, seed, batch=48):
         enc = [encode_prompt(p, T) for p in chunk]
         ids = torch.tensor([e[0] for e in enc])
         mask = torch.tensor([e[1] for e in enc])
-        feats = emb[ids] * mask[..., None].float()
         with torch.no_grad():
+            feats = text(ids, mask)
             toks = gpt.generate(feats, mask, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k,
                                 top_p=top_p, generator=g)
             imgs.append(to_pixels(vq.decode_code(toks, grid)))
@@ -553,12 +594,12 @@ def sample_images(config, gpt, vq, emb, prompts, setting, seed, batch=48):
 
 
 def tune_sampling(out, cfg, log, seed, grid):
-    config, gpt, vq, emb = load_model_dir(out)
+    config, gpt, vq, text = load_model_dir(out)
     prompts = eval_prompts(np.random.default_rng(seed + 7), cfg["tune_prompts"])
     best, results = None, []
     for setting in grid:
         t0 = time.time()
-        imgs = sample_images(config, gpt, vq, emb, prompts, setting, seed)
+        imgs = sample_images(config, gpt, vq, text, prompts, setting, seed)
         ok = np.array([shapes.prompt_matches(im, p) for im, p in zip(imgs, prompts)])
         single = ok[0::2].mean() if len(ok) > 1 else ok.mean()
         two = ok[1::2].mean() if len(ok) > 1 else ok.mean()

@@ -1,14 +1,20 @@
 import Foundation
 
 /// The built-in text encoder of small t2i models (the shipped default model): a word-level
-/// vocabulary (`text_vocab.txt`, one word per line, line 0 = padding) and a learned embedding table
-/// (`text.safetensors`, key `embedding.weight` [vocab, caption_dim]). A prompt becomes caption
-/// features the way LlamaGen's t2i script lays out T5 features: left-padded to cls_token_num rows,
-/// pad rows zero, mask 1 on the word rows.
+/// vocabulary (`text_vocab.txt`, one word per line, line 0 = padding) and learned embedding tables
+/// (`text.safetensors`: `embedding.weight` [vocab, caption_dim] and, optionally,
+/// `position_embedding.weight` [cls_token_num, caption_dim]). The i-th word of a prompt (counted from
+/// its first word) becomes embedding[word] + position_embedding[i]. The position term is there
+/// because LlamaGen gives the caption rows zero keys (its 2D RoPE table is zero on the prefix), so
+/// image tokens average them with equal weight: without positions, "a red circle left of a blue
+/// square" and "a blue circle left of a red square" would be the same bag of words.
+/// A prompt becomes caption features the way LlamaGen's t2i script lays out T5 features:
+/// left-padded to cls_token_num rows, pad rows zero, mask 1 on the word rows.
 public struct PromptEncoder {
     public let vocab: [String]
     public let index: [String: Int]
     public let embedding: Tensor          // [vocab, caption_dim]
+    public let position_embedding: Tensor?  // [cls_token_num, caption_dim]; nil in models trained without it
     public let length: Int                // cls_token_num
 
     public static func load(_ dir: ModelDirectory) throws -> PromptEncoder {
@@ -18,13 +24,18 @@ public struct PromptEncoder {
             throw ZipARError("\(dir.name) has no built-in text encoder (text_vocab.txt + text.safetensors); pass --caption-embeddings FILE instead")
         }
         let words = try String(contentsOfFile: vocabPath, encoding: .utf8).split(separator: "\n").map { String($0).trimmingCharacters(in: .whitespaces) }
-        let table = try SafeTensorsFile(path: weightsPath).tensor("embedding.weight", shape: [words.count, dir.gpt.caption_dim])
-        return PromptEncoder(vocab: words, embedding: table, length: dir.gpt.cls_token_num)
+        let file = try SafeTensorsFile(path: weightsPath)
+        let table = try file.tensor("embedding.weight", shape: [words.count, dir.gpt.caption_dim])
+        let positions = try file.tensors["position_embedding.weight"].map { _ in
+            try file.tensor("position_embedding.weight", shape: [dir.gpt.cls_token_num, dir.gpt.caption_dim])
+        }
+        return PromptEncoder(vocab: words, embedding: table, positions: positions, length: dir.gpt.cls_token_num)
     }
 
-    public init(vocab: [String], embedding: Tensor, length: Int) {
+    public init(vocab: [String], embedding: Tensor, positions: Tensor? = nil, length: Int) {
         self.vocab = vocab
         self.embedding = embedding
+        self.position_embedding = positions
         self.length = length
         var idx: [String: Int] = [:]
         for (i, w) in vocab.enumerated() where i > 0 { idx[w.lowercased()] = i }
@@ -51,7 +62,9 @@ public struct PromptEncoder {
         var mask = [Bool](repeating: false, count: length)
         for (i, id) in ids.enumerated() {
             let row = length - ids.count + i
-            (features.data + row * dim).update(from: embedding.data + id * dim, count: dim)
+            let f = features.data + row * dim
+            f.update(from: embedding.data + id * dim, count: dim)
+            if let p = position_embedding { for c in 0..<dim { f[c] += p.data[i * dim + c] } }
             mask[row] = true
         }
         return (features, mask)
