@@ -180,6 +180,31 @@ static void scores_channel_generic(const uint8_t *codes, int bits, int rows, int
     }
 }
 
+/* Token-wise keys (int8): k_rc = mn_rg + st_rg * code_rc, so q . k_r = sum_g (mn_rg * qsum_g + st_rg * sum_{c in g} q_c code_rc). */
+static void scores_token_generic(const uint8_t *codes, int bits, int rows, int d, int group, const uint16_t *params,
+                                 int paramStride, const uint16_t *ids, int len, const float *q, int nq, float *scores, int ld) {
+    float u[512], qsum[512];
+    int groups = d / group;
+    size_t rb = (size_t)bits * (size_t)d / 8;
+    for (int i = 0; i < nq; i++) {
+        const float *qi = q + (size_t)i * d;
+        for (int g = 0; g < groups; g++) { qsum[g] = 0; for (int c = g * group; c < (g + 1) * group; c++) qsum[g] += qi[c]; }
+        for (int r = 0; r < rows; r++) {
+            int id = ids ? ids[r] : r;
+            if (id >= len) continue;
+            const uint16_t *par = params + (size_t)r * paramStride;
+            unpack_codes(codes + r * rb, bits, d, u);
+            float s = 0;
+            for (int g = 0; g < groups; g++) {
+                float dot = 0;
+                for (int c = g * group; c < (g + 1) * group; c++) dot += qi[c] * u[c];
+                s += half_to_float(par[g]) * qsum[g] + half_to_float(par[groups + g]) * dot;
+            }
+            scores[(size_t)i * ld + id] = s;
+        }
+    }
+}
+
 static void values_token_generic(const uint8_t *codes, int bits, int rows, int d, int group, const uint16_t *params,
                                  int paramStride, const uint16_t *chanScale, const uint16_t *ids, int len,
                                  const float *p, int nq, int ldp, float *out) {
@@ -285,6 +310,42 @@ CK_AVX512B static void scores_channel512_any(const uint8_t *codes, int bits, int
     }
 }
 
+/* Token-wise keys with one group per row (int8): 16 rows are unpacked into an L1 tile shared by all
+   queries; each query's 16 dot products q . code_r are summed side by side (reduce16), then
+   score_r = mn_r * sum(q) + st_r * (q . code_r). */
+CK_AVX512B static void scores_token512_any(const uint8_t *codes, int bits, int rows, const uint16_t *params, int paramStride,
+                                           const uint16_t *ids, int len, const float *q, int nq, float *scores, int ld) {
+    size_t rb = (size_t)bits * FD / 8;
+    float tile[16 * FD] __attribute__((aligned(64))), out[16] __attribute__((aligned(64)));
+    for (int r = 0; r < rows; r += 16) {
+        int n = rows - r < 16 ? rows - r : 16;
+        for (int t = 0; t < 16; t++) {
+            __m512 u[FV];
+            if (t < n) row_codes512(codes + (size_t)(r + t) * rb, bits, u);
+            else for (int v = 0; v < FV; v++) u[v] = _mm512_setzero_ps();
+            for (int v = 0; v < FV; v++) _mm512_store_ps(tile + t * FD + 16 * v, u[v]);
+        }
+        for (int i = 0; i < nq; i++) {
+            const float *qi = q + (size_t)i * FD;
+            __m512 A[16];
+            for (int t = 0; t < 16; t++) {
+                A[t] = _mm512_mul_ps(_mm512_loadu_ps(qi), _mm512_load_ps(tile + t * FD));
+                for (int v = 1; v < FV; v++) A[t] = _mm512_fmadd_ps(_mm512_loadu_ps(qi + 16 * v), _mm512_load_ps(tile + t * FD + 16 * v), A[t]);
+            }
+            _mm512_store_ps(out, reduce16(A));
+            __m512 qv = _mm512_loadu_ps(qi);
+            for (int v = 1; v < FV; v++) qv = _mm512_add_ps(qv, _mm512_loadu_ps(qi + 16 * v));
+            float *si = scores + (size_t)i * ld, qs = _mm512_reduce_add_ps(qv);
+            for (int t = 0; t < n; t++) {
+                int id = ids ? ids[r + t] : r + t;
+                if (id >= len) continue;
+                const uint16_t *par = params + (size_t)(r + t) * paramStride;
+                si[id] = _cvtsh_ss(par[0]) * qs + _cvtsh_ss(par[1]) * out[t];
+            }
+        }
+    }
+}
+
 /* Values of NQ <= 4 queries from one code set with groups of GROUP channels: each row's codes are
    unpacked once into registers and feed NQ x FV FMAs (acc), the min terms go to bsum. */
 CK_AVX512B CK_INLINE void values_token512(const uint8_t *codes, int bits, const int GROUP, const int NQ, int rows,
@@ -354,6 +415,17 @@ void ck_kv_scores_channel(const uint8_t *codes, int bits, int rows, int d, const
     }
 #endif
     scores_channel_generic(codes, bits, rows, d, mn, st, ids, len, q, nq, scores, ld);
+}
+
+void ck_kv_scores_token(const uint8_t *codes, int bits, int rows, int d, int group, const uint16_t *params, int paramStride,
+                        const uint16_t *ids, int len, const float *q, int nq, float *scores, int ld) {
+#ifdef CK_X86
+    if (ck_kv_fused_fast(d) && group == d && (bits == 2 || bits == 4 || bits == 8)) {
+        scores_token512_any(codes, bits, rows, params, paramStride, ids, len, q, nq, scores, ld);
+        return;
+    }
+#endif
+    scores_token_generic(codes, bits, rows, d, group, params, paramStride, ids, len, q, nq, scores, ld);
 }
 
 void ck_kv_values_token(const uint8_t *codes, int bits, int rows, int d, int group, const uint16_t *params, int paramStride,

@@ -202,6 +202,24 @@ final class KVCacheQuantTests: XCTestCase {
                             XCTAssertEqual(Double(got[i * ld + j]), want, accuracy: 1e-5 * max(1, mag), "scores d=\(d) bits=\(bits) nq=\(nq) avx512=\(avx512)")
                         } }
                     }
+                    // Token-wise keys (int8's layout: per row G mins then G steps), one group per row and several.
+                    for g in [d, d % 16 == 0 ? 16 : d] {
+                        let G = d / g, params = halves(rows * 2 * G, 0.3)
+                        var Kt = [Float](repeating: 0, count: rows * d)
+                        ck_kv_dequant_token(packed, Int32(bits), Int32(rows), Int32(d), Int32(g), params, Int32(2 * G), nil, ids, &Kt)
+                        for nq in [1, 3, 17] {
+                            let q = (0..<(nq * d)).map { _ in rng.nextNormal() }
+                            var got = [Float](repeating: .nan, count: nq * ld)
+                            ck_kv_scores_token(packed, Int32(bits), Int32(rows), Int32(d), Int32(g), params, Int32(2 * G), ids, Int32(len),
+                                               q, Int32(nq), &got, Int32(ld))
+                            for i in 0..<nq { for j in 0..<ld {
+                                if j >= len { XCTAssert(got[i * ld + j].isNaN, "slot \(j) >= len is not written"); continue }
+                                var want = 0.0, mag = 0.0
+                                for c in 0..<d { want += Double(q[i * d + c]) * Double(Kt[j * d + c]); mag += abs(Double(q[i * d + c]) * Double(Kt[j * d + c])) }
+                                XCTAssertEqual(Double(got[i * ld + j]), want, accuracy: 1e-5 * max(1, mag), "token keys d=\(d) bits=\(bits) g=\(g) nq=\(nq) avx512=\(avx512)")
+                            } }
+                        }
+                    }
                     // Values: token-wise groups, with and without a channel scale.
                     for (g, scaled) in [(d, true), (d % 32 == 0 ? 32 : d, false), (d % 16 == 0 ? 16 : d, true)] {
                         let G = d / g, params = halves(rows * 2 * G, 0.5), cs = scaled ? halves(d, 1) : nil

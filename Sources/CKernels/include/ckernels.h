@@ -61,6 +61,10 @@ void ck_kv_dequant_token(const uint8_t *codes, int bits, int rows, int d, int gr
 int ck_kv_fused_fast(int d);
 void ck_kv_scores_channel(const uint8_t *codes, int bits, int rows, int d, const uint16_t *mn, const uint16_t *st,
                           const uint16_t *ids, int len, const float *q, int nq, float *scores, int ld);
+/* Scores of nq queries against token-wise quantized keys (int8: k_rc = mn_r + st_r * code_rc per group of
+   `group` channels; params per row: groups mins, then groups steps), on the codes. */
+void ck_kv_scores_token(const uint8_t *codes, int bits, int rows, int d, int group, const uint16_t *params, int paramStride,
+                        const uint16_t *ids, int len, const float *q, int nq, float *scores, int ld);
 void ck_kv_values_token(const uint8_t *codes, int bits, int rows, int d, int group, const uint16_t *params, int paramStride,
                         const uint16_t *chanScale, const uint16_t *ids, int len, const float *p, int nq, int ldp, float *out);
 /* Masked, scaled softmax of nq score rows of n entries in place (a row with no visible slot becomes zeros);

@@ -83,13 +83,14 @@ final class QuantizedKV: KVStorage {
     private(set) var keptPerLayer: [Int], seenPerLayer: [Int]
 
     /// Attention reads sealed blocks straight from their codes (kvkernels.c) where that is the fast path
-    /// (AVX-512, head_dim 64; MiniCache-merged blocks still go through the scratch buffer). Keys need
-    /// channel-wise parameters (int8's token-wise keys always use the scratch). ZIPAR_KV_FUSED=0 turns it off,
-    /// for comparisons.
+    /// (AVX-512, head_dim 64; MiniCache-merged blocks still go through the scratch buffer): channel-wise
+    /// keys, and token-wise keys with one group per row (int8). ZIPAR_KV_FUSED=0 turns it off, for comparisons.
     var fused: Bool { Self.fusedAllowed && ck_kv_fused_fast(Int32(headDim)) != 0 }
-    var channelKeys: Bool {
-        if case .channel = keyMode { return true }
-        return false
+    var keysOnCodes: Bool {
+        switch keyMode {
+        case .channel: return true
+        case .token(let g): return g == headDim
+        }
     }
     static let fusedAllowed = ProcessInfo.processInfo.environment["ZIPAR_KV_FUSED"] != "0"
 
@@ -260,7 +261,7 @@ final class QuantizedKV: KVStorage {
         let buf = scratch + worker * blockSize * hd
         let rk = recentK + hi * cap * hd, rv = recentV + hi * cap * hd
         let nRecent = max(0, n - recentStart)
-        let fused = self.fused, fusedKeys = fused && channelKeys
+        let fused = self.fused, fusedKeys = fused && keysOnCodes
         // Scores: sealed blocks one at a time (on their codes, or through the scratch buffer), then the fp16 recent slots.
         let pr = pair(layer), storedLayer = pr?.first ?? layer
         for k in 0..<sealedBlocks {
@@ -352,13 +353,18 @@ final class QuantizedKV: KVStorage {
         }
     }
 
-    /// Scores of the nq queries against the kept rows of a sealed block (channel-wise keys), computed on the codes:
+    /// Scores of the nq queries against the kept rows of a sealed block, computed on the codes:
     /// scores[i * ld + slot - block start] for the block's slots below len.
     private func attendKeyCodes(_ sb: Sealed, _ head: Int, q: UnsafePointer<Float>, nq: Int, len: Int,
                                 scores: UnsafeMutablePointer<Float>, ld: Int) {
         let hd = Int32(headDim)
         keySets(sb, head) { set, par in
-            ck_kv_scores_channel(set.codes, set.bits, set.rows, hd, par, par + Int(hd), set.ids, Int32(len), q, Int32(nq), scores, Int32(ld))
+            switch keyMode {
+            case .channel:
+                ck_kv_scores_channel(set.codes, set.bits, set.rows, hd, par, par + Int(hd), set.ids, Int32(len), q, Int32(nq), scores, Int32(ld))
+            case .token(let g):
+                ck_kv_scores_token(set.codes, set.bits, set.rows, hd, Int32(g), par, 2 * hd / Int32(g), set.ids, Int32(len), q, Int32(nq), scores, Int32(ld))
+            }
         }
     }
 
