@@ -242,6 +242,27 @@ CK_AVX512B CK_INLINE void row_codes512(const uint8_t *src, int bits, __m512 *u) 
     for (int v = 0; v < FV; v++) u[v] = codes16_avx512(src, bits, FD, 16 * v);
 }
 
+/* Unpacks rows r..r+n-1 (n <= 16) of a code set into a 16-row L1 tile (rows past n are zero). */
+CK_AVX512B CK_INLINE void codes_tile512(const uint8_t *codes, int bits, int r, int n, float *tile) {
+    size_t rb = (size_t)bits * FD / 8;
+    for (int t = 0; t < 16; t++) {
+        __m512 u[FV];
+        if (t < n) row_codes512(codes + (size_t)(r + t) * rb, bits, u);
+        else for (int v = 0; v < FV; v++) u[v] = _mm512_setzero_ps();
+        for (int v = 0; v < FV; v++) _mm512_store_ps(tile + t * FD + 16 * v, u[v]);
+    }
+}
+
+/* The 16 dot products of q[FD] with the tile's rows, summed side by side (reduce16). */
+CK_AVX512B CK_INLINE __m512 tile_dots512(const float *tile, const float *q) {
+    __m512 A[16];
+    for (int t = 0; t < 16; t++) {
+        A[t] = _mm512_mul_ps(_mm512_loadu_ps(q), _mm512_load_ps(tile + t * FD));
+        for (int v = 1; v < FV; v++) A[t] = _mm512_fmadd_ps(_mm512_loadu_ps(q + 16 * v), _mm512_load_ps(tile + t * FD + 16 * v), A[t]);
+    }
+    return reduce16(A);
+}
+
 /* Scores of up to 8 queries (qs = q * st, base = q . mn) against one code set: 16 rows at a time
    are unpacked into an L1 tile, then each query sums its 16 dot products side by side (reduce16). */
 CK_AVX512B CK_INLINE void scores_channel512(const uint8_t *codes, int bits, int rows, const float *qs, const float *base, int nq,
@@ -250,19 +271,9 @@ CK_AVX512B CK_INLINE void scores_channel512(const uint8_t *codes, int bits, int 
     float tile[16 * FD] __attribute__((aligned(64))), out[16] __attribute__((aligned(64)));
     int r = 0;
     for (; r + 16 <= rows; r += 16) {
-        for (int t = 0; t < 16; t++) {
-            __m512 u[FV];
-            row_codes512(codes + (size_t)(r + t) * rb, bits, u);
-            for (int v = 0; v < FV; v++) _mm512_store_ps(tile + t * FD + 16 * v, u[v]);
-        }
+        codes_tile512(codes, bits, r, 16, tile);
         for (int i = 0; i < nq; i++) {
-            const float *qi = qs + i * FD;
-            __m512 A[16];
-            for (int t = 0; t < 16; t++) {
-                A[t] = _mm512_mul_ps(_mm512_loadu_ps(qi), _mm512_load_ps(tile + t * FD));
-                for (int v = 1; v < FV; v++) A[t] = _mm512_fmadd_ps(_mm512_loadu_ps(qi + 16 * v), _mm512_load_ps(tile + t * FD + 16 * v), A[t]);
-            }
-            _mm512_store_ps(out, _mm512_add_ps(reduce16(A), _mm512_set1_ps(base[i])));
+            _mm512_store_ps(out, _mm512_add_ps(tile_dots512(tile, qs + i * FD), _mm512_set1_ps(base[i])));
             float *si = scores + (size_t)i * ld;
             for (int t = 0; t < 16; t++) {
                 int id = ids ? ids[r + t] : r + t;
@@ -315,24 +326,13 @@ CK_AVX512B static void scores_channel512_any(const uint8_t *codes, int bits, int
    score_r = mn_r * sum(q) + st_r * (q . code_r). */
 CK_AVX512B static void scores_token512_any(const uint8_t *codes, int bits, int rows, const uint16_t *params, int paramStride,
                                            const uint16_t *ids, int len, const float *q, int nq, float *scores, int ld) {
-    size_t rb = (size_t)bits * FD / 8;
     float tile[16 * FD] __attribute__((aligned(64))), out[16] __attribute__((aligned(64)));
     for (int r = 0; r < rows; r += 16) {
         int n = rows - r < 16 ? rows - r : 16;
-        for (int t = 0; t < 16; t++) {
-            __m512 u[FV];
-            if (t < n) row_codes512(codes + (size_t)(r + t) * rb, bits, u);
-            else for (int v = 0; v < FV; v++) u[v] = _mm512_setzero_ps();
-            for (int v = 0; v < FV; v++) _mm512_store_ps(tile + t * FD + 16 * v, u[v]);
-        }
+        codes_tile512(codes, bits, r, n, tile);
         for (int i = 0; i < nq; i++) {
             const float *qi = q + (size_t)i * FD;
-            __m512 A[16];
-            for (int t = 0; t < 16; t++) {
-                A[t] = _mm512_mul_ps(_mm512_loadu_ps(qi), _mm512_load_ps(tile + t * FD));
-                for (int v = 1; v < FV; v++) A[t] = _mm512_fmadd_ps(_mm512_loadu_ps(qi + 16 * v), _mm512_load_ps(tile + t * FD + 16 * v), A[t]);
-            }
-            _mm512_store_ps(out, reduce16(A));
+            _mm512_store_ps(out, tile_dots512(tile, qi));
             __m512 qv = _mm512_loadu_ps(qi);
             for (int v = 1; v < FV; v++) qv = _mm512_add_ps(qv, _mm512_loadu_ps(qi + 16 * v));
             float *si = scores + (size_t)i * ld, qs = _mm512_reduce_add_ps(qv);
