@@ -249,11 +249,47 @@ final class KVCacheQuantTests: XCTestCase {
     /// reference `ZipCache.compress` on the same split (up to fp16 parameter rounding), and attention
     /// over the compressed form equals naive attention over the dequantized block + fp16 recent slots.
     func testStreamingCacheBlocksAndAttention() {
-        checkStreamingCache(hd: 16)   // dequantize-to-scratch attention
-        checkStreamingCache(hd: 64)   // attention on the codes (AVX-512 machines)
+        checkStreamingCache(hd: 16, prefix: 0)   // dequantize-to-scratch attention
+        checkStreamingCache(hd: 64, prefix: 9)   // attention on the codes (AVX-512 machines), a condition prefix block
     }
 
-    func checkStreamingCache(hd: Int) {
+    /// The condition prefix is a block of its own: its keys, exactly zero after LlamaGen's zero RoPE
+    /// angles, stay exactly zero in the sealed form. In a block shared with image keys they would not.
+    func testPrefixBlockKeepsZeroKeys() {
+        let hd = 16, heads = 2, slots = 60, prefix = 7
+        var opts = KVCacheOptions(); opts.zipBlock = 20; opts.kiviGroup = 16
+        for kind in [KVCacheKind.kivi2, .kivi4, .zipcache, .int8] {
+            for prefixSlots in [prefix, 0] {
+                var rng = RNG(seed: 5)
+                let cache = KVCache(batch: 1, layers: 1, kvHeads: heads, slots: slots, headDim: hd, prefixSlots: prefixSlots, kind: kind, options: opts)
+                let q = cache.storage as! QuantizedKV
+                XCTAssertEqual(q.blocks.first?.count, prefixSlots == 0 ? q.blockSize : prefix, "\(kind): the prefix is block 0")
+                if prefixSlots > 0 { XCTAssertEqual(q.blocks[1].start, prefix, "\(kind): image blocks start after the prefix") }
+                var K = [Float](repeating: 0, count: heads * slots * hd), V = K
+                for h in 0..<heads { for s in prefix..<slots { for d in 0..<hd { K[(h * slots + s) * hd + d] = rng.nextNormal() + 0.5 } } }
+                for h in 0..<heads { for s in 0..<slots { for d in 0..<hd { V[(h * slots + s) * hd + d] = rng.nextNormal() } } }
+                let masks = UnsafeMutablePointer<UInt8>.allocate(capacity: slots); defer { masks.deallocate() }
+                for s in 0..<slots {
+                    for h in 0..<heads {
+                        K.withUnsafeBufferPointer { kp in V.withUnsafeBufferPointer { vp in
+                            cache.store(0, 0, h, slot: s, key: kp.baseAddress! + (h * slots + s) * hd, value: vp.baseAddress! + (h * slots + s) * hd) } }
+                    }
+                    cache.markWritten(s)
+                    for j in 0..<slots { masks[j] = j <= s ? 1 : 0 }
+                    cache.beginPass(positions: [s], batchOf: [0], masks: masks)
+                    cache.markFinal(s)
+                    cache.seal()
+                }
+                XCTAssertGreaterThanOrEqual(q.sealedBlocks, 2)
+                let held = heldKV(q, cache, 0, 0, 1, n: slots, K: K, V: V) { _, _, h, s in (h * slots + s) * hd }
+                let worst = held.k[0..<(prefix * hd)].map(abs).max()!
+                if prefixSlots > 0 { XCTAssertEqual(worst, 0, "\(kind): zero prefix keys stay zero") }
+                else if kind != .int8 { XCTAssertGreaterThan(worst, 0, "\(kind): sharing a block, zero keys round to the image keys' levels") }
+            }
+        }
+    }
+
+    func checkStreamingCache(hd: Int, prefix: Int) {
         let heads = 2, slots = 70, batch = 2
         var opts = KVCacheOptions(); opts.zipBlock = 20; opts.kiviGroup = 16
         for (kind, tau, merge) in [(KVCacheKind.int8, nil, false), (.kivi2, nil, false), (.kivi4, nil, false), (.zipcache, nil, false),
@@ -262,7 +298,7 @@ final class KVCacheQuantTests: XCTestCase {
             opts.zipvlTau = tau; opts.miniCache = merge
             // MiniCache merges from half depth: 4 layers give one merged pair (2, 3).
             let layers = merge ? 4 : 2
-            let cache = KVCache(batch: batch, layers: layers, kvHeads: heads, slots: slots, headDim: hd, kind: kind, options: opts)
+            let cache = KVCache(batch: batch, layers: layers, kvHeads: heads, slots: slots, headDim: hd, prefixSlots: prefix, kind: kind, options: opts)
             let q = cache.storage as! QuantizedKV
             var K = [Float](repeating: 0, count: batch * layers * heads * slots * hd), V = K
             func idx(_ b: Int, _ l: Int, _ h: Int, _ s: Int) -> Int { (((b * layers + l) * heads + h) * slots + s) * hd }

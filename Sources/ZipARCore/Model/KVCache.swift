@@ -92,7 +92,8 @@ public final class KVCache {
         return zip(q.keptPerLayer, q.seenPerLayer).map { $1 > 0 ? Double($0) / Double($1) : 1 }
     }
 
-    public init(batch: Int, layers: Int, kvHeads: Int, slots: Int, headDim: Int, kind: KVCacheKind = .fp32,
+    /// `prefixSlots`: the condition prefix (cls_token_num slots), which quantized caches keep in a block of its own.
+    public init(batch: Int, layers: Int, kvHeads: Int, slots: Int, headDim: Int, prefixSlots: Int = 0, kind: KVCacheKind = .fp32,
                 options: KVCacheOptions = KVCacheOptions()) {
         self.batch = batch; self.layers = layers; self.kvHeads = kvHeads; self.slots = slots; self.headDim = headDim
         self.kind = kind
@@ -100,7 +101,8 @@ public final class KVCache {
         case .fp32, .fp16:
             storage = DenseKV(batch: batch, layers: layers, kvHeads: kvHeads, slots: slots, headDim: headDim, half: kind == .fp16)
         default:
-            storage = QuantizedKV(batch: batch, layers: layers, kvHeads: kvHeads, slots: slots, headDim: headDim, kind: kind, options: options)
+            storage = QuantizedKV(batch: batch, layers: layers, kvHeads: kvHeads, slots: slots, headDim: headDim,
+                                  prefixSlots: prefixSlots, kind: kind, options: options)
         }
         written = Array(repeating: false, count: slots)
         final = written

@@ -1,7 +1,9 @@
 import CKernels
 import Foundation
 
-/// Block-quantized KV storage (int8, KIVI, ZipCache). Slots are cut into fixed blocks from slot 0.
+/// Block-quantized KV storage (int8, KIVI, ZipCache). The condition prefix (slots below
+/// `prefixSlots`) is a block of its own, as the official ZipCache quantizes the prompt at prefill
+/// apart from the generated tokens; the image slots after it are cut into fixed blocks.
 /// New keys/values go into an fp16 "recent" buffer (slots >= recentStart). Once every slot of the
 /// oldest open block is final (ZipAR proxies overwritten by their real token), the block is
 /// quantized once, for all batch entries, layers and heads, and leaves the recent buffer; it is
@@ -104,7 +106,7 @@ final class QuantizedKV: KVStorage {
     let sealMin: UnsafeMutablePointer<Float>, sealStep: UnsafeMutablePointer<Float>
     var sealScores: [Float]
 
-    init(batch: Int, layers: Int, kvHeads: Int, slots: Int, headDim: Int, kind: KVCacheKind, options: KVCacheOptions) {
+    init(batch: Int, layers: Int, kvHeads: Int, slots: Int, headDim: Int, prefixSlots: Int, kind: KVCacheKind, options: KVCacheOptions) {
         self.batch = batch; self.layers = layers; self.kvHeads = kvHeads; self.slots = slots; self.headDim = headDim
         self.kind = kind; self.options = options
         let hd = headDim, C = kvHeads * headDim
@@ -123,11 +125,17 @@ final class QuantizedKV: KVStorage {
         zipvlTau = options.zipvlTau
         scored = zip || zipvlTau != nil
         mergeFrom = options.miniCache && layers >= 2 ? layers / 2 : nil
+        // The prefix's keys are exactly zero (LlamaGen gives the condition tokens no RoPE angle, so
+        // rotation zeroes them). Alone in a block, its channel-wise key range is [0, 0] and they stay
+        // zero; sharing a block with image keys they would round to a level of the image keys' range
+        // and every query would weigh the caption rows unevenly.
         var list: [Block] = []
         var start = 0
+        let prefix = min(max(prefixSlots, 0), slots)
         while start < slots {
-            list.append(Block(start: start, count: min(blockSize, slots - start)))
-            start += blockSize
+            let end = start < prefix ? min(start + blockSize, prefix) : min(start + blockSize, slots)
+            list.append(Block(start: start, count: end - start))
+            start = end
         }
         blocks = list
         sealed = Array(repeating: Sealed(), count: batch * layers * list.count)
