@@ -241,6 +241,17 @@ CK_AVX2 static float stream_sum_avx2(const float *x, size_t n) {
 #define KBLOCK512 1024
 /* Into L1: an L2 hint (T1) measured no better for 4-8 rows and slower for 1-2. */
 #define PF512(ptr) _mm_prefetch((const char *)(ptr), _MM_HINT_T0)
+
+CK_AVX512 static inline void reduce_tile512(const __m512 *acc, int rows, float r[6][4]) {
+    for (int base = 0; base < rows; base += 4) {
+        int n = (rows - base < 4 ? rows - base : 4) * 4;
+        __m512 A[16];
+        for (int i = 0; i < 16; i++) A[i] = i < n ? acc[base * 4 + i] : _mm512_setzero_ps();
+        float t[16];
+        _mm512_storeu_ps(t, reduce16(A));
+        for (int i = 0; i < n; i++) r[base + i / 4][i % 4] = t[i];
+    }
+}
 #define DEFINE_TILE512_1(NAME, WT, LOAD) \
 CK_AVX512 static inline void NAME(const float *x, size_t ldx, const WT *w0, size_t ldw, int p0, int p1, const WT *const *pf, float r[6][4]) { \
     __m512 a00 = _mm512_setzero_ps(); __m512 a01 = _mm512_setzero_ps(); __m512 a02 = _mm512_setzero_ps(); __m512 a03 = _mm512_setzero_ps(); \
@@ -251,7 +262,7 @@ CK_AVX512 static inline void NAME(const float *x, size_t ldx, const WT *w0, size
         xv = _mm512_loadu_ps(x + 0 * ldx + p); \
         a00 = _mm512_fmadd_ps(xv, v0, a00); a01 = _mm512_fmadd_ps(xv, v1, a01); a02 = _mm512_fmadd_ps(xv, v2, a02); a03 = _mm512_fmadd_ps(xv, v3, a03); \
     } \
-    r[0][0] = _mm512_reduce_add_ps(a00); r[0][1] = _mm512_reduce_add_ps(a01); r[0][2] = _mm512_reduce_add_ps(a02); r[0][3] = _mm512_reduce_add_ps(a03); \
+    { const __m512 A_[4] = {a00, a01, a02, a03}; reduce_tile512(A_, 1, r); } \
 }
 
 #define DEFINE_TILE512_2(NAME, WT, LOAD) \
@@ -266,8 +277,7 @@ CK_AVX512 static inline void NAME(const float *x, size_t ldx, const WT *w0, size
         xv = _mm512_loadu_ps(x + 1 * ldx + p); \
         a10 = _mm512_fmadd_ps(xv, v0, a10); a11 = _mm512_fmadd_ps(xv, v1, a11); a12 = _mm512_fmadd_ps(xv, v2, a12); a13 = _mm512_fmadd_ps(xv, v3, a13); \
     } \
-    r[0][0] = _mm512_reduce_add_ps(a00); r[0][1] = _mm512_reduce_add_ps(a01); r[0][2] = _mm512_reduce_add_ps(a02); r[0][3] = _mm512_reduce_add_ps(a03); \
-    r[1][0] = _mm512_reduce_add_ps(a10); r[1][1] = _mm512_reduce_add_ps(a11); r[1][2] = _mm512_reduce_add_ps(a12); r[1][3] = _mm512_reduce_add_ps(a13); \
+    { const __m512 A_[8] = {a00, a01, a02, a03, a10, a11, a12, a13}; reduce_tile512(A_, 2, r); } \
 }
 
 #define DEFINE_TILE512_3(NAME, WT, LOAD) \
@@ -284,9 +294,7 @@ CK_AVX512 static inline void NAME(const float *x, size_t ldx, const WT *w0, size
         xv = _mm512_loadu_ps(x + 2 * ldx + p); \
         a20 = _mm512_fmadd_ps(xv, v0, a20); a21 = _mm512_fmadd_ps(xv, v1, a21); a22 = _mm512_fmadd_ps(xv, v2, a22); a23 = _mm512_fmadd_ps(xv, v3, a23); \
     } \
-    r[0][0] = _mm512_reduce_add_ps(a00); r[0][1] = _mm512_reduce_add_ps(a01); r[0][2] = _mm512_reduce_add_ps(a02); r[0][3] = _mm512_reduce_add_ps(a03); \
-    r[1][0] = _mm512_reduce_add_ps(a10); r[1][1] = _mm512_reduce_add_ps(a11); r[1][2] = _mm512_reduce_add_ps(a12); r[1][3] = _mm512_reduce_add_ps(a13); \
-    r[2][0] = _mm512_reduce_add_ps(a20); r[2][1] = _mm512_reduce_add_ps(a21); r[2][2] = _mm512_reduce_add_ps(a22); r[2][3] = _mm512_reduce_add_ps(a23); \
+    { const __m512 A_[12] = {a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23}; reduce_tile512(A_, 3, r); } \
 }
 
 #define DEFINE_TILE512_4(NAME, WT, LOAD) \
@@ -305,10 +313,7 @@ CK_AVX512 static inline void NAME(const float *x, size_t ldx, const WT *w0, size
         xv = _mm512_loadu_ps(x + 3 * ldx + p); \
         a30 = _mm512_fmadd_ps(xv, v0, a30); a31 = _mm512_fmadd_ps(xv, v1, a31); a32 = _mm512_fmadd_ps(xv, v2, a32); a33 = _mm512_fmadd_ps(xv, v3, a33); \
     } \
-    r[0][0] = _mm512_reduce_add_ps(a00); r[0][1] = _mm512_reduce_add_ps(a01); r[0][2] = _mm512_reduce_add_ps(a02); r[0][3] = _mm512_reduce_add_ps(a03); \
-    r[1][0] = _mm512_reduce_add_ps(a10); r[1][1] = _mm512_reduce_add_ps(a11); r[1][2] = _mm512_reduce_add_ps(a12); r[1][3] = _mm512_reduce_add_ps(a13); \
-    r[2][0] = _mm512_reduce_add_ps(a20); r[2][1] = _mm512_reduce_add_ps(a21); r[2][2] = _mm512_reduce_add_ps(a22); r[2][3] = _mm512_reduce_add_ps(a23); \
-    r[3][0] = _mm512_reduce_add_ps(a30); r[3][1] = _mm512_reduce_add_ps(a31); r[3][2] = _mm512_reduce_add_ps(a32); r[3][3] = _mm512_reduce_add_ps(a33); \
+    { const __m512 A_[16] = {a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23, a30, a31, a32, a33}; reduce_tile512(A_, 4, r); } \
 }
 
 #define DEFINE_TILE512_5(NAME, WT, LOAD) \
@@ -329,11 +334,7 @@ CK_AVX512 static inline void NAME(const float *x, size_t ldx, const WT *w0, size
         xv = _mm512_loadu_ps(x + 4 * ldx + p); \
         a40 = _mm512_fmadd_ps(xv, v0, a40); a41 = _mm512_fmadd_ps(xv, v1, a41); a42 = _mm512_fmadd_ps(xv, v2, a42); a43 = _mm512_fmadd_ps(xv, v3, a43); \
     } \
-    r[0][0] = _mm512_reduce_add_ps(a00); r[0][1] = _mm512_reduce_add_ps(a01); r[0][2] = _mm512_reduce_add_ps(a02); r[0][3] = _mm512_reduce_add_ps(a03); \
-    r[1][0] = _mm512_reduce_add_ps(a10); r[1][1] = _mm512_reduce_add_ps(a11); r[1][2] = _mm512_reduce_add_ps(a12); r[1][3] = _mm512_reduce_add_ps(a13); \
-    r[2][0] = _mm512_reduce_add_ps(a20); r[2][1] = _mm512_reduce_add_ps(a21); r[2][2] = _mm512_reduce_add_ps(a22); r[2][3] = _mm512_reduce_add_ps(a23); \
-    r[3][0] = _mm512_reduce_add_ps(a30); r[3][1] = _mm512_reduce_add_ps(a31); r[3][2] = _mm512_reduce_add_ps(a32); r[3][3] = _mm512_reduce_add_ps(a33); \
-    r[4][0] = _mm512_reduce_add_ps(a40); r[4][1] = _mm512_reduce_add_ps(a41); r[4][2] = _mm512_reduce_add_ps(a42); r[4][3] = _mm512_reduce_add_ps(a43); \
+    { const __m512 A_[20] = {a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23, a30, a31, a32, a33, a40, a41, a42, a43}; reduce_tile512(A_, 5, r); } \
 }
 
 #define DEFINE_TILE512_6(NAME, WT, LOAD) \
@@ -356,12 +357,7 @@ CK_AVX512 static inline void NAME(const float *x, size_t ldx, const WT *w0, size
         xv = _mm512_loadu_ps(x + 5 * ldx + p); \
         a50 = _mm512_fmadd_ps(xv, v0, a50); a51 = _mm512_fmadd_ps(xv, v1, a51); a52 = _mm512_fmadd_ps(xv, v2, a52); a53 = _mm512_fmadd_ps(xv, v3, a53); \
     } \
-    r[0][0] = _mm512_reduce_add_ps(a00); r[0][1] = _mm512_reduce_add_ps(a01); r[0][2] = _mm512_reduce_add_ps(a02); r[0][3] = _mm512_reduce_add_ps(a03); \
-    r[1][0] = _mm512_reduce_add_ps(a10); r[1][1] = _mm512_reduce_add_ps(a11); r[1][2] = _mm512_reduce_add_ps(a12); r[1][3] = _mm512_reduce_add_ps(a13); \
-    r[2][0] = _mm512_reduce_add_ps(a20); r[2][1] = _mm512_reduce_add_ps(a21); r[2][2] = _mm512_reduce_add_ps(a22); r[2][3] = _mm512_reduce_add_ps(a23); \
-    r[3][0] = _mm512_reduce_add_ps(a30); r[3][1] = _mm512_reduce_add_ps(a31); r[3][2] = _mm512_reduce_add_ps(a32); r[3][3] = _mm512_reduce_add_ps(a33); \
-    r[4][0] = _mm512_reduce_add_ps(a40); r[4][1] = _mm512_reduce_add_ps(a41); r[4][2] = _mm512_reduce_add_ps(a42); r[4][3] = _mm512_reduce_add_ps(a43); \
-    r[5][0] = _mm512_reduce_add_ps(a50); r[5][1] = _mm512_reduce_add_ps(a51); r[5][2] = _mm512_reduce_add_ps(a52); r[5][3] = _mm512_reduce_add_ps(a53); \
+    { const __m512 A_[24] = {a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23, a30, a31, a32, a33, a40, a41, a42, a43, a50, a51, a52, a53}; reduce_tile512(A_, 6, r); } \
 }
 
 static inline int group_rows512(int left) { return left <= 6 ? left : (left <= 8 ? (left + 1) / 2 : 6); }
