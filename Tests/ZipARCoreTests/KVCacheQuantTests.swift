@@ -249,8 +249,9 @@ final class KVCacheQuantTests: XCTestCase {
     /// reference `ZipCache.compress` on the same split (up to fp16 parameter rounding), and attention
     /// over the compressed form equals naive attention over the dequantized block + fp16 recent slots.
     func testStreamingCacheBlocksAndAttention() {
-        checkStreamingCache(hd: 16, prefix: 0)   // dequantize-to-scratch attention
-        checkStreamingCache(hd: 64, prefix: 9)   // attention on the codes (AVX-512 machines), a condition prefix block
+        // Both with a condition prefix block of zero keys (stored without key codes).
+        checkStreamingCache(hd: 16, prefix: 5)   // dequantize-to-scratch attention
+        checkStreamingCache(hd: 64, prefix: 9)   // attention on the codes (AVX-512 machines)
     }
 
     /// The condition prefix is a block of its own: its keys, exactly zero after LlamaGen's zero RoPE
@@ -281,6 +282,13 @@ final class KVCacheQuantTests: XCTestCase {
                     cache.seal()
                 }
                 XCTAssertGreaterThanOrEqual(q.sealedBlocks, 2)
+                // The all-zero keys of the prefix block are not stored at all.
+                let first = q.sealedBlock(0, 0, 0).layout
+                XCTAssertEqual(first.zeroKeys, prefixSlots > 0, "\(kind): zero-key block")
+                if prefixSlots > 0 {
+                    let stored = q.layout(setRows: first.setRows, evicted: first.evicted, ids: false)
+                    XCTAssertLessThan(first.bytes, stored.bytes, "\(kind): a zero-key block stores no key codes or parameters")
+                }
                 let held = heldKV(q, cache, 0, 0, 1, n: slots, K: K, V: V) { _, _, h, s in (h * slots + s) * hd }
                 let worst = held.k[0..<(prefix * hd)].map(abs).max()!
                 if prefixSlots > 0 { XCTAssertEqual(worst, 0, "\(kind): zero prefix keys stay zero") }
@@ -304,7 +312,7 @@ final class KVCacheQuantTests: XCTestCase {
             func idx(_ b: Int, _ l: Int, _ h: Int, _ s: Int) -> Int { (((b * layers + l) * heads + h) * slots + s) * hd }
             // Outlier channels, as real keys have.
             for b in 0..<batch { for l in 0..<layers { for h in 0..<heads { for s in 0..<slots { for d in 0..<hd {
-                K[idx(b, l, h, s) + d] = rng.nextNormal() * (d == 3 ? 6 : 1) + (d == 3 ? 4 : 0)
+                K[idx(b, l, h, s) + d] = s < prefix ? 0 : rng.nextNormal() * (d == 3 ? 6 : 1) + (d == 3 ? 4 : 0)
                 V[idx(b, l, h, s) + d] = rng.nextNormal() * (d == 7 ? 5 : 1)
             } } } } }
             // Write in a scrambled order within windows of 8 (like ZipAR), sealing as slots become final.

@@ -33,6 +33,9 @@ final class QuantizedKV: KVStorage {
     struct Layout {
         var setRows: [Int] = [], setBits: [Int] = []
         var evicted = 0
+        /// Every key of the block is exactly zero (the condition prefix: LlamaGen rotates it by a zero
+        /// angle): no key codes or parameters are stored, and its scores are 0.
+        var zeroKeys = false
         var keyCode: [Int] = [], valueCode: [Int] = []     // byte offsets within a head
         var keyParam = 0, valueParam = 0                      // byte offsets within a head
         var headBytes = 0
@@ -168,16 +171,17 @@ final class QuantizedKV: KVStorage {
     }
 
     /// The byte layout of a block with these set sizes (the last `evicted` tokens have no storage).
-    func layout(setRows: [Int], evicted: Int, ids: Bool) -> Layout {
+    func layout(setRows: [Int], evicted: Int, ids: Bool, zeroKeys: Bool = false) -> Layout {
         var l = Layout()
-        l.setRows = setRows; l.setBits = baseBits; l.evicted = evicted
+        l.setRows = setRows; l.setBits = baseBits; l.evicted = evicted; l.zeroKeys = zeroKeys
         let hd = headDim, n = setRows.reduce(0, +)
         var o = 0
-        for (s, rows) in setRows.enumerated() { l.keyCode.append(o); o += rows * KVQuant.packedBytes(bits: baseBits[s], d: hd) }
+        for (s, rows) in setRows.enumerated() { l.keyCode.append(o); o += zeroKeys ? 0 : rows * KVQuant.packedBytes(bits: baseBits[s], d: hd) }
         for (s, rows) in setRows.enumerated() { l.valueCode.append(o); o += rows * KVQuant.packedBytes(bits: baseBits[s], d: hd) }
         o = (o + 1) & ~1                                  // halves are 2-byte aligned
         l.keyParam = o
         switch keyMode {
+        case _ where zeroKeys: break
         case .channel: o += setRows.count * 2 * hd * 2
         case .token(let g): o += n * 2 * (hd / g) * 2
         }
@@ -330,6 +334,7 @@ final class QuantizedKV: KVStorage {
     /// steps [hd]; token-wise (int8), per row hd/g mins then hd/g steps.
     private func keySets(_ sb: Sealed, _ head: Int, _ body: (CodeSet, _ params: UnsafePointer<UInt16>) -> Void) {
         let L = sb.layout, hd = headDim
+        guard !L.zeroKeys else { return }
         let c = sb.codes(head), p = sb.halves(head * L.headBytes + L.keyParam)
         let idBase = sb.ids ?? identity
         var row0 = 0
@@ -366,6 +371,10 @@ final class QuantizedKV: KVStorage {
     private func attendKeyCodes(_ sb: Sealed, _ head: Int, q: UnsafePointer<Float>, nq: Int, len: Int,
                                 scores: UnsafeMutablePointer<Float>, ld: Int) {
         let hd = Int32(headDim)
+        if sb.layout.zeroKeys {
+            for i in 0..<nq { (scores + i * ld).update(repeating: 0, count: len) }
+            return
+        }
         keySets(sb, head) { set, par in
             switch keyMode {
             case .channel:
@@ -388,6 +397,7 @@ final class QuantizedKV: KVStorage {
     /// Keys of a sealed block of one head, in slot order, into out[count][headDim] (evicted rows untouched).
     func dequantKeys(_ sb: Sealed, _ head: Int, into out: UnsafeMutablePointer<Float>) {
         let hd = Int32(headDim)
+        if sb.layout.zeroKeys { out.update(repeating: 0, count: sb.layout.kept * headDim + sb.layout.evicted * headDim); return }
         keySets(sb, head) { set, par in
             switch keyMode {
             case .channel: ck_kv_dequant_channel(set.codes, set.bits, set.rows, hd, par, par + Int(hd), set.ids, out)
@@ -474,8 +484,13 @@ final class QuantizedKV: KVStorage {
         let blk = blocks[k], n = blk.count, hd = headDim, C = kvHeads * hd
         let (order, setRows, evicted) = tokenOrder(b, layer, blk)
         let hasIds = scored
+        var zeroKeys = true
+        for h in 0..<kvHeads where zeroKeys {
+            let k = recentK + headIndex(b, layer, h) * cap * hd
+            for i in 0..<(n * hd) where k[i] & 0x7fff != 0 { zeroKeys = false; break }
+        }
         var sb = Sealed()
-        sb.layout = layout(setRows: setRows, evicted: evicted, ids: hasIds)
+        sb.layout = layout(setRows: setRows, evicted: evicted, ids: hasIds, zeroKeys: zeroKeys)
         sb.hasIds = hasIds
         sb.data = UnsafeMutableRawPointer.allocate(byteCount: max(1, sb.layout.bytes), alignment: 16)
         sb.data!.initializeMemory(as: UInt8.self, repeating: 0, count: max(1, sb.layout.bytes))
@@ -483,7 +498,7 @@ final class QuantizedKV: KVStorage {
         if let idp = sb.ids { for (r, t) in order.enumerated() { idp[r] = UInt16(t) } }
         let round: KVQuant.ParamRounding = KVQuant.toHalf
         // 1. Keys, head by head.
-        for h in 0..<kvHeads {
+        for h in 0..<kvHeads where !zeroKeys {
             ck_f16_to_f32(recentK + headIndex(b, layer, h) * cap * hd, sealRows, Int32(n * hd))
             let c = sb.codes(h), p = sb.halves(h * L.headBytes + L.keyParam)
             var row0 = 0
