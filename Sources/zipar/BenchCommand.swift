@@ -212,8 +212,6 @@ struct BenchCommand: ParsableCommand {
             }
         }
         let rasterPasses = Double(schedules[0].forwardPasses)
-        // Speed-ups are against raster of the first scheme, so they combine ZipAR and the weights.
-        let rasterTime = Measure.median(times[0])
         var modes: [[String: Any]] = []
         var zipvlLines: [(mode: String, window: Int, kv: KVCacheKind, kept: [Double])] = []
         if !json {
@@ -224,7 +222,11 @@ struct BenchCommand: ParsableCommand {
         for (i, m) in modeList.enumerated() {
             let s = m.schedule
             let p = passes[i].reduce(0, +) / Double(passes[i].count)
-            let t = Measure.median(times[i]), speed = rasterTime / t, saving = rasterPasses / p
+            // Speed-up: the median over runs of (first mode / this mode), each pair measured in the same run,
+            // so a change of the host's load between runs does not land on one side of the ratio. The first
+            // mode is raster of the first weights scheme, so speed-ups combine ZipAR and the weights.
+            let t = Measure.median(times[i]), saving = rasterPasses / p
+            let speed = Measure.median(zip(times[0], times[i]).map { $0 / $1 })
             let mode = s.window >= s.width ? "raster" : m.adaptive.map { "zipar adaptive \($0)-" } ?? "zipar \(s.policy.rawValue)"
             let tokensPerPass = Double(s.height * s.width) / p
             let inPasses = Measure.median(forwardTimes[i])
