@@ -297,6 +297,52 @@ final class KVCacheQuantTests: XCTestCase {
         }
     }
 
+    /// Writing far ahead of the oldest open block grows the fp16 recent buffer to what is needed
+    /// (rounded up to 16 slots, not by 1.5x) and keeps every slot written before the growth.
+    func testRecentBufferGrowsToNeedAndKeepsSlots() {
+        let hd = 16, heads = 2, slots = 300
+        var opts = KVCacheOptions(); opts.kiviGroup = 16
+        for kind in [KVCacheKind.kivi4, .zipcache] {
+            var rng = RNG(seed: 3)
+            let cache = KVCache(batch: 1, layers: 1, kvHeads: heads, slots: slots, headDim: hd, kind: kind, options: opts)
+            let q = cache.storage as! QuantizedKV
+            let first = q.cap
+            let K = randomKV(&rng, heads * slots * hd), V = randomKV(&rng, heads * slots * hd)
+            let written = Array(0..<10) + [150, 151, 250]
+            for s in written {
+                for h in 0..<heads {
+                    cache.store(0, 0, h, slot: s, key: Array(K[((h * slots + s) * hd)..<((h * slots + s + 1) * hd)]),
+                                value: Array(V[((h * slots + s) * hd)..<((h * slots + s + 1) * hd)]))
+                }
+                cache.markWritten(s)
+            }
+            XCTAssertGreaterThan(q.cap, first, "\(kind): the buffer grew")
+            XCTAssertEqual(q.cap, 256, "\(kind): grown to slot 250 + 1, rounded up to 16")
+            // One query at slot 250 sees every written slot: attention over the grown buffer = naive fp16 attention.
+            let masks = UnsafeMutablePointer<UInt8>.allocate(capacity: slots); defer { masks.deallocate() }
+            for j in 0..<slots { masks[j] = written.contains(j) ? 1 : 0 }
+            cache.beginPass(positions: [250], batchOf: [0], masks: masks)
+            let scores = UnsafeMutablePointer<Float>.allocate(capacity: slots); defer { scores.deallocate() }
+            for h in 0..<heads {
+                let qv = randomKV(&rng, hd)
+                var out = [Float](repeating: 0, count: hd), offs: [Int32] = [0], qs: [Int32] = [250]
+                cache.attend(0, 0, h, q: qv, nq: 1, n: 251, masks: masks, maskOffsets: &offs, querySlots: &qs, scale: 0.25, sab: false,
+                             scores: scores, out: &out, worker: 0)
+                var e = [Double](repeating: 0, count: slots), z = 0.0
+                for j in written {
+                    var dot = 0.0
+                    for d in 0..<hd { dot += Double(qv[d]) * Double(Float(Float16(K[(h * slots + j) * hd + d]))) }
+                    e[j] = exp(dot * 0.25); z += e[j]
+                }
+                for d in 0..<hd {
+                    var o = 0.0
+                    for j in written { o += e[j] / z * Double(Float(Float16(V[(h * slots + j) * hd + d]))) }
+                    XCTAssertEqual(out[d], Float(o), accuracy: 1e-4, "\(kind) head \(h): slots kept across the growth")
+                }
+            }
+        }
+    }
+
     func checkStreamingCache(hd: Int, prefix: Int) {
         let heads = 2, slots = 70, batch = 2
         var opts = KVCacheOptions(); opts.zipBlock = 20; opts.kiviGroup = 16
