@@ -60,8 +60,8 @@ public enum Measure {
                     cache.store(b, l, h, slot: s, key: k.data, value: v.data)
                 } } }
                 cache.markFinal(s)
+                cache.seal()           // complete blocks leave the recent buffer as they would in a generation
             }
-            cache.seal()
         }
         for s in 0..<upTo { cache.markWritten(s) }
         var positions: [Int] = [], batchOf: [Int] = []

@@ -236,10 +236,11 @@ final class QuantizedKV: KVStorage {
 
     /// Enlarges the recent buffer (rare: only while the first image shows how far ahead of the
     /// oldest open block the schedule writes). It grows to what is needed, rounded up to 16 slots,
-    /// not geometrically: the buffer is the fp16 part of the cache, and a ZipAR image needs it only
-    /// a few rows larger than a block, so a 1.5x step would leave most of a step unused at the peak.
+    /// and by at least 1/8: the buffer is the fp16 part of the cache, and a ZipAR image needs it only
+    /// a few rows larger than a block, so a 1.5x step would leave most of a step unused at the peak,
+    /// while the 1/8 floor keeps a caller that writes far ahead slot by slot from copying it per slot.
     private func grow(to need: Int) {
-        let newCap = (need + 15) & ~15, hd = headDim, used = min(cap, recentHigh - recentStart)
+        let newCap = max((need + 15) & ~15, cap + cap / 8), hd = headDim, used = min(cap, recentHigh - recentStart)
         func moved<T>(_ old: UnsafeMutablePointer<T>, width: Int, zero: T) -> UnsafeMutablePointer<T> {
             let p = UnsafeMutablePointer<T>.allocate(capacity: heads * newCap * width)
             p.initialize(repeating: zero, count: heads * newCap * width)
