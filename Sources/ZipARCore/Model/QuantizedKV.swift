@@ -129,9 +129,9 @@ final class QuantizedKV: KVStorage {
         scored = zip || zipvlTau != nil
         mergeFrom = options.miniCache && layers >= 2 ? layers / 2 : nil
         // The prefix's keys are exactly zero (LlamaGen gives the condition tokens no RoPE angle, so
-        // rotation zeroes them). Alone in a block, its channel-wise key range is [0, 0] and they stay
-        // zero; sharing a block with image keys they would round to a level of the image keys' range
-        // and every query would weigh the caption rows unevenly.
+        // rotation zeroes them). Alone in a block they are stored as such (a zero-key block, no key
+        // codes); sharing a block with image keys they would round to a level of the image keys'
+        // range and every query would weigh the caption rows unevenly.
         var list: [Block] = []
         var start = 0
         let prefix = min(max(prefixSlots, 0), slots)
