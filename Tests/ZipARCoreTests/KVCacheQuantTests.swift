@@ -298,7 +298,7 @@ final class KVCacheQuantTests: XCTestCase {
     }
 
     /// Writing far ahead of the oldest open block grows the fp16 recent buffer to what is needed
-    /// (rounded up to 16 slots, not by 1.5x) and keeps every slot written before the growth.
+    /// (rounded up to 16 slots, by at least 1/8, not by 1.5x) and keeps every slot written before the growth.
     func testRecentBufferGrowsToNeedAndKeepsSlots() {
         let hd = 16, heads = 2, slots = 300
         var opts = KVCacheOptions(); opts.kiviGroup = 16
