@@ -18,8 +18,8 @@ struct ModelOptions: ParsableArguments {
     @Option(help: "ZipCache saliency: exact (every query's attention, default) or probe (every 10th query, the official approximation).")
     var zipcacheScore: String = "exact"
 
-    @Option(help: "ZipCache block: slots quantized together once final (each block has its own key parameters per channel; larger = fewer parameter bits, a larger fp16 recent buffer).")
-    var zipcacheBlock: Int = KVCacheOptions().zipBlock
+    @Option(help: "ZipCache block: slots quantized together once final (each block has its own key parameters per channel; larger = fewer parameter bits, a larger fp16 recent buffer). Default: whole image rows near 128 slots.")
+    var zipcacheBlock: Int?
 
     @Option(help: "KV token sparsity: zipvl (per layer and sealed block, keep the fewest tokens covering --zipvl-tau of the normalised attention, evict the rest; needs a quantized cache).")
     var kvSparsity: String?
@@ -36,7 +36,7 @@ struct ModelOptions: ParsableArguments {
         if let s = kvSparsity, s != "zipvl" { throw ValidationError("--kv-sparsity takes zipvl, got '\(s)'") }
         if let m = kvMerge, m != "minicache" { throw ValidationError("--kv-merge takes minicache, got '\(m)'") }
         guard zipvlTau > 0, zipvlTau <= 1 else { throw ValidationError("--zipvl-tau must be in (0, 1]") }
-        guard zipcacheBlock >= 8, zipcacheBlock <= 4096 else { throw ValidationError("--zipcache-block must be between 8 and 4096") }
+        if let b = zipcacheBlock, b < 8 || b > 4096 { throw ValidationError("--zipcache-block must be between 8 and 4096") }
         guard ZipCacheScore(rawValue: zipcacheScore) != nil else { throw ValidationError("--zipcache-score must be exact or probe") }
     }
 

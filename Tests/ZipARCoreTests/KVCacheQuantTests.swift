@@ -297,6 +297,25 @@ final class KVCacheQuantTests: XCTestCase {
         }
     }
 
+    /// ZipCache's default block is whole image rows near 128 slots, a divisor of the image where one
+    /// is near: no short last block pays a full set of channel parameters for a few tokens.
+    func testZipCacheDefaultBlockIsWholeRows() {
+        XCTAssertEqual(ZipCache.rowBlock(width: 16, imageSlots: 256), 128)
+        XCTAssertEqual(ZipCache.rowBlock(width: 64, imageSlots: 4096), 128)
+        XCTAssertEqual(ZipCache.rowBlock(width: 24, imageSlots: 576), 144, "6 rows divide 24; 4 rows (96) are further from 128")
+        XCTAssertEqual(ZipCache.rowBlock(width: 32, imageSlots: 1024), 128)
+        XCTAssertEqual(ZipCache.rowBlock(width: 23, imageSlots: 529), 138, "23 rows have no divisor near 128 slots: 6 whole rows")
+        XCTAssertEqual(ZipCache.rowBlock(width: 300, imageSlots: 90_000), 300, "one row when a row is longer than the block")
+        XCTAssertEqual(ZipCache.rowBlock(width: 0, imageSlots: 576), ZipCache.nominalBlock)
+        // Made through the model config (24x24 grid, one class token): the prefix block, then 4 blocks of 6 rows.
+        let cache = KVCache(batch: 1, layers: 1, kvHeads: 1, slots: 577, headDim: 16, prefixSlots: 1, gridWidth: 24, kind: .zipcache)
+        let q = cache.storage as! QuantizedKV
+        XCTAssertEqual(q.blocks.map(\.count), [1, 144, 144, 144, 144])
+        var opts = KVCacheOptions(); opts.zipBlock = 128
+        let fixed = KVCache(batch: 1, layers: 1, kvHeads: 1, slots: 577, headDim: 16, prefixSlots: 1, gridWidth: 24, kind: .zipcache, options: opts)
+        XCTAssertEqual((fixed.storage as! QuantizedKV).blocks.map(\.count), [1, 128, 128, 128, 128, 64], "--zipcache-block overrides")
+    }
+
     /// Writing far ahead of the oldest open block grows the fp16 recent buffer to what is needed
     /// (rounded up to 16 slots, by at least 1/8, not by 1.5x) and keeps every slot written before the growth.
     func testRecentBufferGrowsToNeedAndKeepsSlots() {

@@ -129,7 +129,7 @@ public final class GPT {
 
     public func makeCache(batch: Int, precision: KVCacheKind = .fp32, options: KVCacheOptions = KVCacheOptions()) -> KVCache {
         KVCache(batch: batch, layers: config.n_layer, kvHeads: config.kvHeads, slots: sequenceLength, headDim: config.headDim,
-                prefixSlots: config.cls_token_num, kind: precision, options: options)
+                prefixSlots: config.cls_token_num, gridWidth: config.gridSize, kind: precision, options: options)
     }
 
     // MARK: embeddings

@@ -33,7 +33,8 @@ public struct KVCacheOptions: Sendable {
     public var unimportantRatio = ZipCache.unimportantRatio
     /// Slots per quantized block of ZipCache: each block has its own per-channel key parameters per
     /// set, so larger blocks cost fewer parameter bits but keep more tokens in the fp16 recent buffer.
-    public var zipBlock = 128
+    /// nil = whole image rows near 128 slots (`ZipCache.rowBlock`).
+    public var zipBlock: Int? = nil
     /// KIVI's group G (tokens per key group, channels per value group) and the int8 block.
     public var kiviGroup = 32
     /// ZipVL (`--kv-sparsity zipvl`): per layer and sealed block, keep the fewest tokens whose
@@ -93,8 +94,9 @@ public final class KVCache {
     }
 
     /// `prefixSlots`: the condition prefix (cls_token_num slots), which quantized caches keep in a block of its own.
-    public init(batch: Int, layers: Int, kvHeads: Int, slots: Int, headDim: Int, prefixSlots: Int = 0, kind: KVCacheKind = .fp32,
-                options: KVCacheOptions = KVCacheOptions()) {
+    /// `gridWidth`: tokens per image row, which ZipCache's default block is a whole number of (0 = unknown).
+    public init(batch: Int, layers: Int, kvHeads: Int, slots: Int, headDim: Int, prefixSlots: Int = 0, gridWidth: Int = 0,
+                kind: KVCacheKind = .fp32, options: KVCacheOptions = KVCacheOptions()) {
         self.batch = batch; self.layers = layers; self.kvHeads = kvHeads; self.slots = slots; self.headDim = headDim
         self.kind = kind
         switch kind {
@@ -102,7 +104,7 @@ public final class KVCache {
             storage = DenseKV(batch: batch, layers: layers, kvHeads: kvHeads, slots: slots, headDim: headDim, half: kind == .fp16)
         default:
             storage = QuantizedKV(batch: batch, layers: layers, kvHeads: kvHeads, slots: slots, headDim: headDim,
-                                  prefixSlots: prefixSlots, kind: kind, options: options)
+                                  prefixSlots: prefixSlots, gridWidth: gridWidth, kind: kind, options: options)
         }
         written = Array(repeating: false, count: slots)
         final = written

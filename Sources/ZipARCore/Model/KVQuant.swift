@@ -1,3 +1,4 @@
+import Foundation
 import CKernels
 
 /// Quantization primitives of the compressed KV caches (ZipCache, KIVI, int8), written as the
@@ -96,6 +97,24 @@ public enum ZipCache {
     /// The official demo's split: 40% of the tokens ("unimportant") at 2 bits, the rest at 4 bits.
     public static let unimportantRatio = 0.4
     public static let salientBits = 4, regularBits = 2
+
+    /// The official demo quantizes in blocks of about this many tokens.
+    public static let nominalBlock = 128
+
+    /// The default block: whole image rows (a finished row is final under every ZipAR policy, so
+    /// blocks seal as rows finish) near `nominalBlock` slots, preferring a row count that divides the
+    /// image, so that no short last block pays a full set of per-channel key parameters for few
+    /// tokens. 24x24: 6 rows (4 blocks of 144) rather than 128-slot blocks ending in one of 64 slots;
+    /// 16x16 and 64x64: 128 slots. Width 0 (unknown) gives `nominalBlock`.
+    public static func rowBlock(width: Int, imageSlots: Int) -> Int {
+        guard width > 0, imageSlots >= width else { return nominalBlock }
+        let rows = imageSlots / width
+        // Distance from the nominal size on a log scale (96 and 171 slots are equally far from 128).
+        func distance(_ r: Int) -> Double { abs(log(Double(r * width) / Double(nominalBlock))) }
+        let dividing = (1...rows).filter { rows % $0 == 0 && distance($0) <= log(2.0) }
+        if let best = dividing.min(by: { distance($0) < distance($1) }) { return best * width }
+        return max(1, min(rows, Int((Double(nominalBlock) / Double(width)).rounded()))) * width
+    }
 
     /// Number of regular tokens of a set of n: Python's int(0.4 * n) (truncation, in double).
     public static func regularCount(_ n: Int, ratio: Double = unimportantRatio) -> Int { Int(ratio * Double(n)) }

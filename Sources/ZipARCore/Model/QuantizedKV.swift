@@ -109,7 +109,8 @@ final class QuantizedKV: KVStorage {
     let sealMin: UnsafeMutablePointer<Float>, sealStep: UnsafeMutablePointer<Float>
     var sealScores: [Float]
 
-    init(batch: Int, layers: Int, kvHeads: Int, slots: Int, headDim: Int, prefixSlots: Int, kind: KVCacheKind, options: KVCacheOptions) {
+    init(batch: Int, layers: Int, kvHeads: Int, slots: Int, headDim: Int, prefixSlots: Int, gridWidth: Int = 0, kind: KVCacheKind,
+         options: KVCacheOptions) {
         self.batch = batch; self.layers = layers; self.kvHeads = kvHeads; self.slots = slots; self.headDim = headDim
         self.kind = kind; self.options = options
         let hd = headDim, C = kvHeads * headDim
@@ -121,7 +122,9 @@ final class QuantizedKV: KVStorage {
         case .kivi2: baseBits = [2]; keyMode = .channel; valueMode = .token(group: g); blockSize = options.kiviGroup
         case .kivi4: baseBits = [4]; keyMode = .channel; valueMode = .token(group: g); blockSize = options.kiviGroup
         case .zipcache:
-            baseBits = [ZipCache.salientBits, ZipCache.regularBits]; keyMode = .channel; valueMode = .cst; blockSize = options.zipBlock
+            baseBits = [ZipCache.salientBits, ZipCache.regularBits]; keyMode = .channel; valueMode = .cst
+            let imageSlots = slots - min(max(prefixSlots, 0), slots)
+            blockSize = options.zipBlock ?? ZipCache.rowBlock(width: gridWidth, imageSlots: imageSlots)
         case .fp32, .fp16: preconditionFailure("dense caches are DenseKV")
         }
         zip = kind == .zipcache
