@@ -375,6 +375,28 @@ final class EvalCommandTests: XCTestCase {
         XCTAssertEqual(Array(UnsafeBufferPointer(start: plain.data + 2 * dim, count: dim)), [3, 4, 5])
     }
 
+    /// Context weights add W_prev @ row(i-1) + W_next @ row(i+1) to each word row, from the rows
+    /// before mixing; the first word has no previous row and the last no next one (pads are not rows).
+    func testPromptEncoderMixesNeighbourRows() throws {
+        let vocab = ["<pad>", "a", "red", "circle"], dim = 2, length = 4
+        let table = Tensor(shape: [4, dim], values: [0, 0, 1, 2, 3, 5, 7, 11])
+        let prev = Tensor(shape: [dim, dim], values: [1, 0, 0, 2])      // row i gets (x, 2y) of row i-1
+        let next = Tensor(shape: [dim, dim], values: [0, 1, 10, 0])     // row i gets (y, 10x) of row i+1
+        let enc = PromptEncoder(vocab: vocab, embedding: table, context: (prev, next), length: length)
+        let (f, mask) = try enc.encode("a red circle")
+        XCTAssertEqual(mask, [false, true, true, true])
+        let rows = (0..<length).map { Array(UnsafeBufferPointer(start: f.data + $0 * dim, count: dim)) }
+        XCTAssertEqual(rows[0], [0, 0], "the pad row stays zero")
+        XCTAssertEqual(rows[1], [1 + 5, 2 + 30], "a: own (1, 2) + next of red (3, 5) -> (5, 30)")
+        XCTAssertEqual(rows[2], [3 + 1 + 11, 5 + 4 + 70], "red: own + prev of a (1, 4) + next of circle (11, 70)")
+        XCTAssertEqual(rows[3], [7 + 3, 11 + 10], "circle: own + prev of red (3, 10)")
+        // Zero context weights change nothing (a model continues unchanged when they are added).
+        let zero = Tensor(shape: [dim, dim])
+        let same = try PromptEncoder(vocab: vocab, embedding: table, context: (zero, zero), length: length).encode("a red circle").features
+        let plain = try PromptEncoder(vocab: vocab, embedding: table, length: length).encode("a red circle").features
+        XCTAssertEqual(Array(UnsafeBufferPointer(start: same.data, count: length * dim)), Array(UnsafeBufferPointer(start: plain.data, count: length * dim)))
+    }
+
     func testTinyModelAllModesSameSeeds() throws {
         let dir = try Fixtures.tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -410,6 +432,12 @@ final class EvalCommandTests: XCTestCase {
         let prompt = try ShapePrompt.parse(try XCTUnwrap(results[0]["prompt"] as? String))
         let raster = try ImageFile.read(images + "/0000_raster.png").image
         XCTAssertEqual((results[0]["passed"] as? [Bool])?.first, Analyser().check(raster, prompt: prompt).passed)
+
+        // Context weights come in pairs; one alone is refused by name.
+        try SafeTensorsWriter.write([.f32("embedding.weight", table), .f32("context_prev.weight", Tensor(shape: [16, 16]))],
+                                    to: model + "/text.safetensors")
+        let (_, err0) = try zipar(["eval", "--model", model, "--n", "1"], expect: 1)
+        XCTAssertTrue(err0.contains("context_next.weight"), err0)
 
         // A position table of the wrong shape is refused by name.
         try SafeTensorsWriter.write([.f32("embedding.weight", table), .f32("position_embedding.weight", Tensor(shape: [cls + 1, 16]))],

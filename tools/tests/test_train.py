@@ -201,9 +201,10 @@ def test_train_tiny_end_to_end():
         vocab = vocab[:-1] if vocab[-1] == "" else vocab
         assert vocab == shapes.vocabulary()
         text = read_st(os.path.join(out, "text.safetensors"))
-        assert sorted(text) == ["embedding.weight", "position_embedding.weight"]
+        assert sorted(text) == ["context_next.weight", "context_prev.weight", "embedding.weight", "position_embedding.weight"]
         assert text["embedding.weight"].shape == (len(vocab), g["caption_dim"])
         assert text["position_embedding.weight"].shape == (g["cls_token_num"], g["caption_dim"])
+        assert text["context_prev.weight"].shape == text["context_next.weight"].shape == (g["caption_dim"], g["caption_dim"])
         # loadable, and it generates an image
         from train import load_model_dir, sample_images
         config, gm, vm, tm = load_model_dir(out)
@@ -241,6 +242,40 @@ def test_text_features_count_word_positions_from_the_first_word():
         t.position_embedding.weight.zero_()
     fa, fb = seen(t(ids, masks))
     assert torch.allclose(fa, fb, atol=1e-5)
+
+
+def test_text_context_adds_neighbour_rows():
+    import torch
+    from train import TextEmbedding, encode_prompt, WORD_ID
+    torch.manual_seed(1)
+    t = TextEmbedding(len(WORD_ID), 4, 6)
+    ids, mask = encode_prompt("a red circle", 6)
+    ids, mask = torch.tensor([ids]), torch.tensor([mask])
+    rows = t(ids, mask)[0].detach().clone()  # zero context: the rows alone
+    with torch.no_grad():
+        t.position_embedding.weight.normal_()
+        t.context_prev.weight.normal_()
+        t.context_next.weight.normal_()
+    rows = (t.embedding.weight[ids[0]] + t.position_embedding.weight[(torch.cumsum(mask[0].long(), 0) - 1).clamp(min=0)]) * mask[0, :, None]
+    f = t(ids, mask)[0]
+    assert torch.all(f[:3] == 0)  # pad rows stay zero
+    for i in range(3, 6):  # word rows: own + W_prev row(i-1) + W_next row(i+1); the pad row before is zero
+        want = rows[i] + t.context_prev.weight @ rows[i - 1] + (t.context_next.weight @ rows[i + 1] if i < 5 else 0)
+        assert torch.allclose(f[i], want, atol=1e-6)
+    # Without positions, the image tokens' view (a per-row nonlinearity summed over the rows) of
+    # "a green circle left of a orange diamond" and of the colours swapped is the same bag of words;
+    # with context it is not: each shape row carries its colour.
+    a, ma = encode_prompt("a green circle left of a orange diamond", 12)
+    b, mb = encode_prompt("a orange circle left of a green diamond", 12)
+    ids, masks = torch.tensor([a, b]), torch.tensor([ma, mb])
+    seen = lambda f: torch.nn.functional.gelu(f).sum(1)
+    t2 = TextEmbedding(len(WORD_ID), 8, 12)
+    fa, fb = seen(t2(ids, masks))
+    assert torch.allclose(fa, fb, atol=1e-5)
+    with torch.no_grad():
+        t2.context_prev.weight.normal_()
+    fa, fb = seen(t2(ids, masks))
+    assert not torch.allclose(fa, fb, atol=1e-3)
 
 
 # ---------------------------------------------------------------------------------------------

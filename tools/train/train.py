@@ -168,7 +168,15 @@ class TextEmbedding(torch.nn.Module):
     rows' keys are zero and every image token averages them with equal weight. Without a position
     term that average is a bag of words: "a red circle left of a blue square" and "a blue circle left
     of a red square" would look the same to the GPT. The position table (zero-initialised, so a model
-    trained without it continues unchanged) binds each colour and shape word to its place."""
+    trained without it continues unchanged) binds each colour and shape word to its place.
+
+    Context (context_prev.weight, context_next.weight [caption_dim, caption_dim], optional): each
+    word row then adds W_prev @ row(i-1) + W_next @ row(i+1) (pad rows are zero). Why: the image
+    tokens see only the sum over caption rows of a per-row nonlinear feature, so with positions alone
+    "a green circle left of a orange diamond" must be bound through where each word sits, and the v6
+    model mostly drew the two colours and the two shapes crosswise (a green diamond and an orange
+    circle). With its neighbours in the row, "circle" carries "green": the pair is one feature.
+    Zero-initialised, so a model trained without it continues unchanged."""
 
     def __init__(self, vocab, dim, length):
         super().__init__()
@@ -176,11 +184,18 @@ class TextEmbedding(torch.nn.Module):
         torch.nn.init.normal_(self.embedding.weight, std=dim ** -0.5)
         self.position_embedding = torch.nn.Embedding(length, dim)
         torch.nn.init.zeros_(self.position_embedding.weight)
+        self.context_prev = torch.nn.Linear(dim, dim, bias=False)
+        self.context_next = torch.nn.Linear(dim, dim, bias=False)
+        torch.nn.init.zeros_(self.context_prev.weight)
+        torch.nn.init.zeros_(self.context_next.weight)
 
     def forward(self, ids, mask):
         word_index = (torch.cumsum(mask.long(), dim=-1) - 1).clamp(min=0)
-        feats = self.embedding(ids) + self.position_embedding(word_index)
-        return feats * mask[..., None].to(self.embedding.weight.dtype)
+        m = mask[..., None].to(self.embedding.weight.dtype)
+        rows = (self.embedding(ids) + self.position_embedding(word_index)) * m
+        prev = torch.nn.functional.pad(rows[:, :-1], (0, 0, 1, 0))  # row i-1 at i (zero before the first)
+        nxt = torch.nn.functional.pad(rows[:, 1:], (0, 0, 0, 1))    # row i+1 at i (zero after the last)
+        return (rows + self.context_prev(prev) + self.context_next(nxt)) * m
 
     @staticmethod
     def from_tables(tables, length):
@@ -189,8 +204,9 @@ class TextEmbedding(torch.nn.Module):
         t = TextEmbedding(emb.shape[0], emb.shape[1], length)
         with torch.no_grad():
             t.embedding.weight.copy_(emb)
-            if "position_embedding.weight" in tables:
-                t.position_embedding.weight.copy_(tables["position_embedding.weight"])
+            for name in ("position_embedding.weight", "context_prev.weight", "context_next.weight"):
+                if name in tables:
+                    t.get_parameter(name).copy_(tables[name])
         return t
 
 
@@ -393,8 +409,8 @@ def param_groups(modules, wd):
     decay, no_decay = [], []
     for m in modules:
         for n, p in m.named_parameters():
-            if n.startswith("position_embedding"):
-                continue  # its own group (see train_gpt)
+            if n.startswith("position_embedding") or n.startswith("context_"):
+                continue  # their own groups (see train_gpt)
             (decay if p.dim() >= 2 and "embedding" not in n else no_decay).append(p)
     return [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
 
@@ -409,6 +425,9 @@ def train_gpt(cfg, data, work, out, log, resume, seed, export_fn):
     # existed hold two groups and load into the optimizer before the group is added.
     opt = torch.optim.AdamW(param_groups([gpt, text], 0.05), lr=cfg["gpt_lr"], betas=(0.9, 0.95))
     position_group = {"params": [text.position_embedding.weight], "weight_decay": 0.0}
+    # The context weights likewise (a later addition still): added after the others.
+    context_group = {"params": [text.context_prev.weight, text.context_next.weight], "weight_decay": 0.0}
+    fast = {id(text.position_embedding.weight), id(text.context_prev.weight)}
     ema = EMA([gpt, text], 0.999)
     step, used = 0, 0.0
     rng = np.random.default_rng(seed + 2)
@@ -416,7 +435,8 @@ def train_gpt(cfg, data, work, out, log, resume, seed, export_fn):
         ck = torch.load(path, weights_only=False)
         gpt.load_state_dict(ck["gpt"])
         old = "position_embedding.weight" not in ck["text"]
-        text.load_state_dict(ck["text"], strict=not old)
+        no_context = "context_prev.weight" not in ck["text"]
+        text.load_state_dict(ck["text"], strict=not (old or no_context))
         if old:
             opt.load_state_dict(ck["opt"])
             opt.add_param_group(position_group)
@@ -424,7 +444,14 @@ def train_gpt(cfg, data, work, out, log, resume, seed, export_fn):
             log("gpt: the checkpoint has no text position table; it starts at zero")
         else:
             opt.add_param_group(position_group)
+            if not no_context:
+                opt.add_param_group(context_group)
             opt.load_state_dict(ck["opt"])
+        if no_context:
+            opt.add_param_group(context_group)
+            for name in ("context_prev.weight", "context_next.weight"):
+                ck["ema"][1][name] = text.get_parameter(name).detach().clone()
+            log("gpt: the checkpoint has no text context weights; they start at zero")
         ema.shadow = ck["ema"]
         step, used = ck["step"], ck.get("elapsed", 0.0)
         rng.bit_generator.state = ck["rng"]
@@ -432,6 +459,7 @@ def train_gpt(cfg, data, work, out, log, resume, seed, export_fn):
         log(f"gpt: resuming at step {step}")
     else:
         opt.add_param_group(position_group)
+        opt.add_param_group(context_group)
     total, bs = cfg["gpt_steps"], cfg["gpt_batch"]
     n = len(tokens)
     n_params = sum(p.numel() for p in gpt.parameters())
@@ -449,9 +477,10 @@ def train_gpt(cfg, data, work, out, log, resume, seed, export_fn):
     while budget.progress(step) < 1:
         lr = cosine_lr(step, budget.progress(step), cfg["gpt_lr"], cfg["gpt_warmup"])
         for g in opt.param_groups:
-            # The position table learns 10x faster: its gradient is a small part of an average over
-            # every caption row, and at the base rate it barely moved from zero in 750 steps.
-            g["lr"] = lr * (10 if g["params"][0] is text.position_embedding.weight else 1)
+            # The position table and the context weights learn 10x faster: they start at zero, their
+            # gradient is a small part of an average over every caption row, and at the base rate the
+            # position table barely moved from zero in 750 steps.
+            g["lr"] = lr * (10 if id(g["params"][0]) in fast else 1)
         b = rng.integers(0, n, bs)
         tok = torch.from_numpy(tokens[b].astype(np.int64))
         m = torch.from_numpy(masks[b])
@@ -497,8 +526,9 @@ def export_dir(out, text_sd, write):
         emb = text_sd["embedding.weight"].detach().float().clone()
         emb[0] = 0  # the padding line is never looked up; zipar writes zero rows for padding
         tables = {"embedding.weight": emb.contiguous()}
-        if "position_embedding.weight" in text_sd:
-            tables["position_embedding.weight"] = text_sd["position_embedding.weight"].detach().float().contiguous()
+        for name in ("position_embedding.weight", "context_prev.weight", "context_next.weight"):
+            if name in text_sd:
+                tables[name] = text_sd[name].detach().float().contiguous()
         write_safetensors(os.path.join(tmp, "text.safetensors"), tables)
         config = write(tmp)
         with open(os.path.join(tmp, "config.json"), "w") as f:

@@ -8,6 +8,10 @@ import Foundation
 /// because LlamaGen gives the caption rows zero keys (its 2D RoPE table is zero on the prefix), so
 /// image tokens average them with equal weight: without positions, "a red circle left of a blue
 /// square" and "a blue circle left of a red square" would be the same bag of words.
+/// Optional context weights (`context_prev.weight`, `context_next.weight` [caption_dim, caption_dim])
+/// then add W_prev @ row(i-1) + W_next @ row(i+1) to each word row (pad rows are zero): the image
+/// tokens see only a sum over the caption rows, and with its neighbours in the row "circle" carries
+/// "green", so the colour-shape pair is one feature instead of two words bound by position.
 /// A prompt becomes caption features the way LlamaGen's t2i script lays out T5 features:
 /// left-padded to cls_token_num rows, pad rows zero, mask 1 on the word rows.
 public struct PromptEncoder {
@@ -16,6 +20,8 @@ public struct PromptEncoder {
     public let embedding: Tensor          // [vocab, caption_dim]
     public let position_embedding: Tensor?  // [cls_token_num, caption_dim]; nil in models trained without it
     public let length: Int                // cls_token_num
+    public let context_prev: Tensor?      // [caption_dim, caption_dim]; nil in models trained without it
+    public let context_next: Tensor?
 
     public static func load(_ dir: ModelDirectory) throws -> PromptEncoder {
         let vocabPath = dir.path + "/text_vocab.txt", weightsPath = dir.path + "/text.safetensors"
@@ -29,13 +35,23 @@ public struct PromptEncoder {
         let positions = try file.tensors["position_embedding.weight"].map { _ in
             try file.tensor("position_embedding.weight", shape: [dir.gpt.cls_token_num, dir.gpt.caption_dim])
         }
-        return PromptEncoder(vocab: words, embedding: table, positions: positions, length: dir.gpt.cls_token_num)
+        let d = dir.gpt.caption_dim
+        let context = try ["context_prev.weight", "context_next.weight"].map { name in
+            try file.tensors[name].map { _ in try file.tensor(name, shape: [d, d]) }
+        }
+        guard (context[0] == nil) == (context[1] == nil) else {
+            throw ZipARError("\(weightsPath): context_prev.weight and context_next.weight come together; it has only one")
+        }
+        return PromptEncoder(vocab: words, embedding: table, positions: positions, context: context[0].map { ($0, context[1]!) },
+                             length: dir.gpt.cls_token_num)
     }
 
-    public init(vocab: [String], embedding: Tensor, positions: Tensor? = nil, length: Int) {
+    public init(vocab: [String], embedding: Tensor, positions: Tensor? = nil, context: (prev: Tensor, next: Tensor)? = nil, length: Int) {
         self.vocab = vocab
         self.embedding = embedding
         self.position_embedding = positions
+        self.context_prev = context?.prev
+        self.context_next = context?.next
         self.length = length
         var idx: [String: Int] = [:]
         for (i, w) in vocab.enumerated() where i > 0 { idx[w.lowercased()] = i }
@@ -67,6 +83,24 @@ public struct PromptEncoder {
             if let p = position_embedding { for c in 0..<dim { f[c] += p.data[i * dim + c] } }
             mask[row] = true
         }
+        if let prev = context_prev, let next = context_next { mixNeighbours(features, words: ids.count, prev: prev, next: next) }
         return (features, mask)
+    }
+
+    /// row(i) += W_prev @ row(i-1) + W_next @ row(i+1) over the word rows (the last `words` rows),
+    /// all from the rows before mixing; the rows beyond the words are zero.
+    private func mixNeighbours(_ features: Tensor, words: Int, prev: Tensor, next: Tensor) {
+        let dim = embedding.shape[1], first = length - words
+        let rows = Array(UnsafeBufferPointer(start: features.data, count: length * dim))
+        for r in first..<length {
+            let out = features.data + r * dim
+            for (w, src) in [(prev, r - 1), (next, r + 1)] where src >= first && src < length {
+                for o in 0..<dim {
+                    var s: Float = 0
+                    for k in 0..<dim { s += w.data[o * dim + k] * rows[src * dim + k] }
+                    out[o] += s
+                }
+            }
+        }
     }
 }
