@@ -251,7 +251,6 @@ def test_text_context_adds_neighbour_rows():
     t = TextEmbedding(len(WORD_ID), 4, 6)
     ids, mask = encode_prompt("a red circle", 6)
     ids, mask = torch.tensor([ids]), torch.tensor([mask])
-    rows = t(ids, mask)[0].detach().clone()  # zero context: the rows alone
     with torch.no_grad():
         t.position_embedding.weight.normal_()
         t.context_prev.weight.normal_()

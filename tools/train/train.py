@@ -148,6 +148,8 @@ def from_pixels(imgs):
 # Text side
 
 VOCAB = shapes.vocabulary()
+# text.safetensors tables beside embedding.weight, each optional (models before them load without).
+TEXT_OPTIONAL = ("position_embedding.weight", "context_prev.weight", "context_next.weight")
 WORD_ID = {w: i for i, w in enumerate(VOCAB)}
 
 
@@ -204,7 +206,7 @@ class TextEmbedding(torch.nn.Module):
         t = TextEmbedding(emb.shape[0], emb.shape[1], length)
         with torch.no_grad():
             t.embedding.weight.copy_(emb)
-            for name in ("position_embedding.weight", "context_prev.weight", "context_next.weight"):
+            for name in TEXT_OPTIONAL:
                 if name in tables:
                     t.get_parameter(name).copy_(tables[name])
         return t
@@ -526,7 +528,7 @@ def export_dir(out, text_sd, write):
         emb = text_sd["embedding.weight"].detach().float().clone()
         emb[0] = 0  # the padding line is never looked up; zipar writes zero rows for padding
         tables = {"embedding.weight": emb.contiguous()}
-        for name in ("position_embedding.weight", "context_prev.weight", "context_next.weight"):
+        for name in TEXT_OPTIONAL:
             if name in text_sd:
                 tables[name] = text_sd[name].detach().float().contiguous()
         write_safetensors(os.path.join(tmp, "text.safetensors"), tables)

@@ -92,14 +92,12 @@ public struct PromptEncoder {
     private func mixNeighbours(_ features: Tensor, words: Int, prev: Tensor, next: Tensor) {
         let dim = embedding.shape[1], first = length - words
         let rows = Array(UnsafeBufferPointer(start: features.data, count: length * dim))
+        var term = [Float](repeating: 0, count: dim)
         for r in first..<length {
             let out = features.data + r * dim
             for (w, src) in [(prev, r - 1), (next, r + 1)] where src >= first && src < length {
-                for o in 0..<dim {
-                    var s: Float = 0
-                    for k in 0..<dim { s += w.data[o * dim + k] * rows[src * dim + k] }
-                    out[o] += s
-                }
+                rows.withUnsafeBufferPointer { BLAS.matvec(w.data, $0.baseAddress! + src * dim, &term, n: dim, k: dim) }
+                for o in 0..<dim { out[o] += term[o] }
             }
         }
     }

@@ -117,14 +117,14 @@ final class QuantizedKV: KVStorage {
         precondition(hd % 4 == 0 && hd <= 512, "quantized KV caches need head_dim divisible by 4 and <= 512")
         // KIVI groups 32 channels; head_dim 100 (GPT-3B) is not a multiple, so a whole head row is one group there.
         let g = hd % options.kiviGroup == 0 ? options.kiviGroup : hd
+        let prefix = min(max(prefixSlots, 0), slots)
         switch kind {
         case .int8: baseBits = [8]; keyMode = .token(group: hd); valueMode = .token(group: hd); blockSize = options.kiviGroup
         case .kivi2: baseBits = [2]; keyMode = .channel; valueMode = .token(group: g); blockSize = options.kiviGroup
         case .kivi4: baseBits = [4]; keyMode = .channel; valueMode = .token(group: g); blockSize = options.kiviGroup
         case .zipcache:
             baseBits = [ZipCache.salientBits, ZipCache.regularBits]; keyMode = .channel; valueMode = .cst
-            let imageSlots = slots - min(max(prefixSlots, 0), slots)
-            blockSize = options.zipBlock ?? ZipCache.rowBlock(width: gridWidth, imageSlots: imageSlots)
+            blockSize = options.zipBlock ?? ZipCache.rowBlock(width: gridWidth, imageSlots: slots - prefix)
         case .fp32, .fp16: preconditionFailure("dense caches are DenseKV")
         }
         zip = kind == .zipcache
@@ -137,7 +137,6 @@ final class QuantizedKV: KVStorage {
         // range and every query would weigh the caption rows unevenly.
         var list: [Block] = []
         var start = 0
-        let prefix = min(max(prefixSlots, 0), slots)
         while start < slots {
             let end = start < prefix ? min(start + blockSize, prefix) : min(start + blockSize, slots)
             list.append(Block(start: start, count: end - start))
