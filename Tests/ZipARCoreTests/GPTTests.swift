@@ -241,6 +241,49 @@ final class GPTTests: XCTestCase {
         }
     }
 
+    /// The sampler's C pieces against plain references, with and without AVX-512: the exact k-th
+    /// largest (sorted copy), the top-k cut, and the multinomial draw (the running double sum over
+    /// every index, the rule the sampler had in Swift).
+    func testSamplerKernelsMatchReferences() {
+        defer { ck_avx512_enabled = 1 }
+        var rng = RNG(seed: 21)
+        var counts = [Int32](repeating: 0, count: 1024)
+        for avx512 in [Int32(1), 0] {
+            ck_avx512_enabled = avx512
+            for n in [1, 17, 65, 100, 2048, 16384] {
+                for kind in 0..<4 {
+                    // normal; one far outlier (the range collapses into a bin or two); 7 distinct values; some -inf
+                    var x = (0..<n).map { _ in rng.nextNormal() * 3 }
+                    if kind == 1 { x[n / 2] = 1e6 }
+                    if kind == 2 { x = x.map { Float(Int($0) % 7) } }
+                    if kind == 3 { for i in stride(from: 0, to: n, by: 5) { x[i] = -.infinity } }
+                    let sorted = x.sorted(by: >)
+                    for k in Set([1, 2, n / 3 + 1, min(n, 2000), n]) where k <= n {
+                        var scratch = [Float](repeating: 0, count: n)
+                        let got = ck_kth_largest(x, Int32(n), Int32(k), &counts, 1024, &scratch)
+                        XCTAssertEqual(got, sorted[k - 1], "kth n=\(n) kind=\(kind) k=\(k) avx512=\(avx512)")
+                        var cut = x
+                        ck_cut_below(&cut, Int32(n), got)
+                        for i in 0..<n { XCTAssertEqual(cut[i], x[i] < got ? -.infinity : x[i]) }
+                    }
+                    // Weights with many exact zeros (as after top-k), and every u edge.
+                    let w = x.map { $0 > 1 ? Foundation.exp($0 - 5) : 0 }
+                    var live = [Int32](repeating: 0, count: n)
+                    for u in [0, 1e-9, 0.25, 0.5, 0.999999, Double(rng.nextUniform())] {
+                        var total: Double = 0
+                        for v in w { total += Double(v) }
+                        var acc: Double = 0, want = 0
+                        for (i, v) in w.enumerated() where v > 0 {
+                            acc += Double(v); want = i
+                            if acc > u * total { break }
+                        }
+                        XCTAssertEqual(Int(ck_draw(w, Int32(n), u, &live)), want, "draw n=\(n) kind=\(kind) u=\(u) avx512=\(avx512)")
+                    }
+                }
+            }
+        }
+    }
+
     func checkStreamingKernel() throws {
         var rng = RNG(seed: 5)
         for (m, k, n) in [(1, 64, 36), (2, 768, 260), (3, 100, 7), (5, 64, 37), (6, 392, 300), (7, 33, 13), (8, 512, 29), (11, 520, 14), (16, 200, 257), (31, 24, 9), (40, 64, 64), (6, 2100, 20), (4, 3072, 9)] {

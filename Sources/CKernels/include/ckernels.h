@@ -84,6 +84,10 @@ int ck_softmax_inplace(float *x, int n);
    finds the bin that holds it, a quickselect over that bin's values (copied to scratch[n]) finishes.
    counts is scratch [bins]. */
 float ck_kth_largest(const float *x, int n, int k, int32_t *counts, int bins, float *scratch);
+/* x[i] = -inf where x[i] < t. */
+void ck_cut_below(float *x, int n, float t);
+/* Multinomial draw: the first index whose running double sum of w exceeds u * sum(w); live: n ints of scratch. */
+int ck_draw(const float *w, int n, double u, int32_t *live);
 
 /* Sum of n floats, read as fast as the memory allows (bandwidth measurement). */
 float ck_stream_sum(const float *x, size_t n);

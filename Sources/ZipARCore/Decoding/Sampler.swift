@@ -64,7 +64,7 @@ public final class Sampler {
         for i in 0..<n { probs[i] = logits[i] * invT }
         if settings.topK > 0 && settings.topK < n {
             let kth = kthLargest(probs, n: n, k: settings.topK)
-            for i in 0..<n where probs[i] < kth { probs[i] = -.infinity }
+            ck_cut_below(probs, Int32(n), kth)
         }
         if settings.topP < 1 { applyTopP(probs, n: n, p: settings.topP) }
         softmax(probs, n: n)
@@ -74,19 +74,15 @@ public final class Sampler {
     public func sample(_ logits: UnsafePointer<Float>, rng: inout RNG) -> Int {
         if settings.greedy { return Ops.argmax(logits, count: vocab) }
         return work.withUnsafeMutableBufferPointer { buf in
-            let probs = buf.baseAddress!
-            probabilities(logits, into: probs)
-            let u = rng.nextUniform()
-            var total: Double = 0
-            for i in 0..<vocab { total += Double(probs[i]) }
-            let target = u * total
-            var acc: Double = 0, last = 0
-            for i in 0..<vocab where probs[i] > 0 {
-                acc += Double(probs[i]); last = i
-                if acc > target { return i }
-            }
-            return last
+            probabilities(logits, into: buf.baseAddress!)
+            return draw(buf.baseAddress!, u: rng.nextUniform())
         }
+    }
+
+    /// One multinomial draw from unnormalised non-negative weights (in C: it visits only the
+    /// nonzero ones, most of a 16k vocabulary after top-k).
+    func draw(_ weights: UnsafePointer<Float>, u: Double) -> Int {
+        order.withUnsafeMutableBufferPointer { Int(ck_draw(weights, Int32(vocab), u, $0.baseAddress!)) }
     }
 
     /// The k-th largest of x[0..<n], exactly (histogram of 1024 bins + quickselect in the winning bin, in C:
@@ -134,7 +130,7 @@ extension Sampler {
     public func sample(_ logits: UnsafePointer<Float>, rng: inout RNG, probabilities probs: inout [Float]) -> Int {
         probs.withUnsafeMutableBufferPointer { probabilities(logits, into: $0.baseAddress!) }
         if settings.greedy { return Ops.argmax(logits, count: vocab) }
-        return Sampler.draw(probs, rng: &rng)
+        return draw(probs, rng: &rng)
     }
 
     /// Speculative-sampling check of a drafted token against a new prediction: accept with
@@ -153,20 +149,12 @@ extension Sampler {
         var residual = [Float](repeating: 0, count: vocab)
         var mass: Float = 0
         for i in 0..<vocab { residual[i] = max(0, newProbs[i] - draftProbs[i]); mass += residual[i] }
-        if mass <= 0 { return (Sampler.draw(newProbs, rng: &rng), false) }
-        return (Sampler.draw(residual, rng: &rng), false)
+        if mass <= 0 { return (draw(newProbs, rng: &rng), false) }
+        return (draw(residual, rng: &rng), false)
     }
 
-    /// One multinomial draw from unnormalised non-negative weights.
-    static func draw(_ weights: [Float], rng: inout RNG) -> Int {
-        var total: Double = 0
-        for w in weights { total += Double(w) }
-        let target = rng.nextUniform() * total
-        var acc: Double = 0, last = 0
-        for (i, w) in weights.enumerated() where w > 0 {
-            acc += Double(w); last = i
-            if acc > target { return i }
-        }
-        return last
+    func draw(_ weights: [Float], rng: inout RNG) -> Int {
+        precondition(weights.count == vocab)
+        return weights.withUnsafeBufferPointer { draw($0.baseAddress!, u: rng.nextUniform()) }
     }
 }
