@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 import XCTest
 @testable import ZipARCore
@@ -92,16 +93,20 @@ final class ConfigAndFormatTests: XCTestCase {
             (0..<n).map { i in i == 17 ? 50 : rng.nextNormal() * 1e-3 },   // one bin holds all but one
             [Float](repeating: 0.5, count: n),
         ]
-        for (ri, row) in rows.enumerated() {
-            let desc = row.sorted(by: >)
-            for k in [1, 2, 7, 2000, n - 1] {
-                var s = SamplingSettings(); s.topK = k
-                let sampler = Sampler(settings: s, vocab: n)
-                var probs = [Float](repeating: 0, count: n)
-                row.withUnsafeBufferPointer { l in probs.withUnsafeMutableBufferPointer { sampler.probabilities(l.baseAddress!, into: $0.baseAddress!) } }
-                let kept = (0..<n).filter { probs[$0] > 0 }
-                let want = (0..<n).filter { row[$0] >= desc[k - 1] }
-                XCTAssertEqual(kept, want, "row \(ri) k \(k)")
+        defer { ck_avx512_enabled = 1 }
+        for avx512 in [Int32(1), 0] {
+            ck_avx512_enabled = avx512
+            for (ri, row) in rows.enumerated() {
+                let desc = row.sorted(by: >)
+                for k in [1, 2, 7, 2000, n - 1] {
+                    var s = SamplingSettings(); s.topK = k
+                    let sampler = Sampler(settings: s, vocab: n)
+                    var probs = [Float](repeating: 0, count: n)
+                    row.withUnsafeBufferPointer { l in probs.withUnsafeMutableBufferPointer { sampler.probabilities(l.baseAddress!, into: $0.baseAddress!) } }
+                    let kept = (0..<n).filter { probs[$0] > 0 }
+                    let want = (0..<n).filter { row[$0] >= desc[k - 1] }
+                    XCTAssertEqual(kept, want, "row \(ri) k \(k) avx512 \(avx512)")
+                }
             }
         }
     }
