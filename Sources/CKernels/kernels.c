@@ -887,6 +887,36 @@ static float quickselect_desc(float *a, int n, int k) {
     return a[target];
 }
 
+/* The bin holding the k-th largest, counted down from the top bin; *above = values in higher bins. */
+static int boundary_bin(const int32_t *counts, int bins, int k, int *above) {
+    int b = bins - 1;
+    *above = 0;
+    while (b > 0 && *above + counts[b] < k) { *above += counts[b]; b--; }
+    return b;
+}
+
+/* One histogram round of ck_kth_largest over src[0..*n): gathers the k-th value's bin into scratch,
+   updates *n and *k and returns 1; returns 2 with every value equal to *equal, 0 when the range is
+   not finite (quickselect takes it from there). */
+static int kth_round(const float *src, int *n_, int *k_, int32_t *counts, int bins, float *scratch, float *equal) {
+    int n = *n_;
+    float mn = src[0], mx = src[0];
+    for (int i = 1; i < n; i++) { mn = src[i] < mn ? src[i] : mn; mx = src[i] > mx ? src[i] : mx; }
+    if (mx == mn) { *equal = mx; return 2; }
+    float range = mx - mn;
+    if (!isfinite(range)) return 0;
+    float scale = (float)bins / range, top = (float)(bins - 1);
+    memset(counts, 0, sizeof(int32_t) * (size_t)bins);
+#define CK_BIN(v) ({ float t_ = ((v) - mn) * scale; (int)(t_ < top ? (t_ > 0 ? t_ : 0) : top); })
+    for (int i = 0; i < n; i++) counts[CK_BIN(src[i])]++;
+    int above, b = boundary_bin(counts, bins, *k_, &above);
+    int m = 0;   /* gathering in place (src == scratch) is safe: m <= i */
+    for (int i = 0; i < n; i++) if (CK_BIN(src[i]) == b) scratch[m++] = src[i];
+#undef CK_BIN
+    *n_ = m; *k_ -= above;
+    return 1;
+}
+
 #ifdef CK_X86
 /* Indices of the positive entries of w[0..n16), in order, for ck_draw; *done = n16. */
 CK_AVX512B static int positive_indices_avx512(const float *w, int n, int32_t *live, int *done) {
@@ -907,10 +937,8 @@ CK_AVX512B static inline __m512i bins16(__m512 v, __m512 mn, __m512 scale, __m51
     return _mm512_cvttps_epi32(_mm512_min_ps(_mm512_max_ps(t, _mm512_setzero_ps()), top));
 }
 
-/* One histogram round of ck_kth_largest, 16 values at a time (the scalar round spent ~19 cycles
-   per logit: ~0.1 ms of every token of a 16k vocabulary at top-k 2000). Gathers the k-th value's
-   bin into scratch, updates *n and *k and returns 1; returns 2 with every value equal to *equal,
-   0 when the range is not finite (quickselect takes it from there). */
+/* kth_round, 16 values at a time (the scalar round spends ~19 cycles per logit: ~0.1 ms of every
+   token of a 16k vocabulary at top-k 2000). */
 CK_AVX512B static int kth_round_avx512(const float *src, int *n_, int *k_, int32_t *counts, int bins, float *scratch,
                                       float *equal) {
     int n = *n_, n16 = n & ~15;
@@ -933,8 +961,7 @@ CK_AVX512B static int kth_round_avx512(const float *src, int *n_, int *k_, int32
         _mm512_storeu_si512(idx, bins16(_mm512_maskz_loadu_ps(in, src + i), smn, ssc, stop));
         for (int l = 0; l < 16 && i + l < n; l++) counts[idx[l]]++;
     }
-    int b = bins - 1, above = 0, k = *k_;
-    while (b > 0 && above + counts[b] < k) { above += counts[b]; b--; }
+    int above, b = boundary_bin(counts, bins, *k_, &above);
     int m = 0;   /* gathering in place (src == scratch) is safe: m <= i, and each block is loaded first */
     __m512i vb = _mm512_set1_epi32(b);
     for (int i = 0; i < n; i += 16) {
@@ -944,7 +971,7 @@ CK_AVX512B static int kth_round_avx512(const float *src, int *n_, int *k_, int32
         _mm512_mask_compressstoreu_ps(scratch + m, hit, v);
         m += __builtin_popcount((unsigned)hit);
     }
-    *n_ = m; *k_ = k - above;
+    *n_ = m; *k_ -= above;
     return 1;
 }
 #endif
@@ -952,36 +979,17 @@ CK_AVX512B static int kth_round_avx512(const float *src, int *n_, int *k_, int32
 float ck_kth_largest(const float *x, int n, int k, int32_t *counts, int bins, float *scratch) {
     /* Each round keeps only the bin that holds the k-th value; when logits cluster (a few outliers
        stretch the range), one bin can still hold thousands, so the histogram is redone on it. */
-    const float *src = x;
+    int (*round_fn)(const float *, int *, int *, int32_t *, int, float *, float *) = kth_round;
 #ifdef CK_X86
-    if (ck_avx512_enabled && has_avx512()) {
-        for (int round = 0; round < 4 && n > 64; round++) {
-            float equal = 0;
-            int r = kth_round_avx512(src, &n, &k, counts, bins, scratch, &equal);
-            if (r == 2) return equal;
-            if (r == 0) break;
-            src = scratch;
-        }
-        if (src != scratch) memcpy(scratch, src, sizeof(float) * (size_t)n);
-        return quickselect_desc(scratch, n, k);
-    }
+    if (ck_avx512_enabled && has_avx512()) round_fn = kth_round_avx512;
 #endif
+    const float *src = x;
     for (int round = 0; round < 4 && n > 64; round++) {
-        float mn = src[0], mx = src[0];
-        for (int i = 1; i < n; i++) { mn = src[i] < mn ? src[i] : mn; mx = src[i] > mx ? src[i] : mx; }
-        if (mx == mn) return mx;
-        float range = mx - mn;
-        if (!isfinite(range)) break;
-        float scale = (float)bins / range, top = (float)(bins - 1);
-        memset(counts, 0, sizeof(int32_t) * (size_t)bins);
-#define CK_BIN(v) ({ float t_ = ((v) - mn) * scale; (int)(t_ < top ? (t_ > 0 ? t_ : 0) : top); })
-        for (int i = 0; i < n; i++) counts[CK_BIN(src[i])]++;
-        int b = bins - 1, above = 0;
-        while (b > 0 && above + counts[b] < k) { above += counts[b]; b--; }
-        int m = 0;   /* gathering in place (src == scratch) is safe: m <= i */
-        for (int i = 0; i < n; i++) if (CK_BIN(src[i]) == b) scratch[m++] = src[i];
-#undef CK_BIN
-        src = scratch; n = m; k -= above;
+        float equal = 0;
+        int r = round_fn(src, &n, &k, counts, bins, scratch, &equal);
+        if (r == 2) return equal;
+        if (r == 0) break;
+        src = scratch;
     }
     if (src != scratch) memcpy(scratch, src, sizeof(float) * (size_t)n);
     return quickselect_desc(scratch, n, k);
