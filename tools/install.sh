@@ -5,6 +5,7 @@ cd "$(dirname "$0")/.."
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 if ! dpkg -s libopenblas-dev libpng-dev libjpeg-dev pkg-config >/dev/null 2>&1; then
   $SUDO apt-get update -qq
-  $SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenblas-dev libpng-dev libjpeg-dev pkg-config
+  # `env`: with SUDO empty (root) a leading VAR=value would be taken for the command name
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenblas-dev libpng-dev libjpeg-dev pkg-config
 fi
 swift build -c release --product zipar
