@@ -6,8 +6,9 @@
 #include <string.h>
 
 int ck_avx512_enabled = 1;
+int ck_avx2_enabled = 1;
 
-int ck_has_avx2_fma(void) {
+static int cpu_has_avx2_fma(void) {
 #ifdef CK_X86
     static int cached = -1;
     if (cached < 0) {
@@ -15,6 +16,14 @@ int ck_has_avx2_fma(void) {
         cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     }
     return cached;
+#else
+    return 0;
+#endif
+}
+
+int ck_has_avx2_fma(void) {
+#ifdef CK_X86
+    return ck_avx2_enabled && cpu_has_avx2_fma();
 #else
     return 0;
 #endif
@@ -389,8 +398,8 @@ DEFINE_GEMM_ROWS512(gemm_rows512_f16, uint16_t, LOAD512_F16, half_to_float, t512
 
 int ck_cpu_has_avx512(void) {
     static int cached = -1;
-    if (cached < 0) { __builtin_cpu_init(); cached = ck_has_avx2_fma() && __builtin_cpu_supports("avx512f"); }
-    return cached;
+    if (cached < 0) { __builtin_cpu_init(); cached = cpu_has_avx2_fma() && __builtin_cpu_supports("avx512f"); }
+    return cached && ck_avx2_enabled;
 }
 #endif
 
@@ -646,9 +655,88 @@ DEFINE_VALUES_MULTI512(values_multi512_f16, uint16_t, LOAD512_F16)
 
 /* Masked, scaled softmax of one score row in place (masked slots become exactly 0); returns 0, with
    the row zeroed, when no slot is visible. */
+#ifdef CK_X86
+/* e^x for 8 lanes: exp512's polynomial, with 2^n built in the exponent bits (AVX2 has no scalef;
+   n stays in [-126, 127] for x in [-87, 88], so the result is the same). */
+CK_AVX2 static inline __m256 exp256(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(0.693359375f)));
+    r = _mm256_sub_ps(r, _mm256_mul_ps(n, _mm256_set1_ps(-2.12194440e-4f)));
+    __m256 q = _mm256_set1_ps(1.9875691500e-4f);
+    q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(1.3981999507e-3f));
+    q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(8.3334519073e-3f));
+    q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(4.1665795894e-2f));
+    q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(1.6666665459e-1f));
+    q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(5.0000001201e-1f));
+    q = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(q, r), r, r), _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(q, _mm256_castsi256_ps(e));
+}
+
+/* All-ones lanes for the first min(left, 8) of 8. */
+CK_AVX2 static inline __m256i tail8(int left) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(left), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* All-ones lanes where the slot is visible (mask byte != 0; every lane when m is NULL), tail cut. */
+CK_AVX2 static inline __m256i visible8(const uint8_t *m, int left) {
+    __m256i t = tail8(left);
+    if (!m) return t;
+    uint8_t tail[8] = {0};
+    const uint8_t *b = m;
+    if (left < 8) { memcpy(tail, m, (size_t)left); b = tail; }
+    __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)b));
+    return _mm256_andnot_si256(_mm256_cmpeq_epi32(v, _mm256_setzero_si256()), t);
+}
+
+/* softmax_row_avx512 with 8 lanes: the libm expf per score was most of a ZipAR pass's attention
+   time on CPUs without AVX-512. */
+CK_AVX2 static int softmax_row_avx2(float *s, const uint8_t *m, int n, float scale) {
+    const __m256 sc = _mm256_set1_ps(scale), ninf = _mm256_set1_ps(-INFINITY);
+    __m256 mx = ninf;
+    for (int j = 0; j < n; j += 8) {
+        __m256i k = visible8(m ? m + j : NULL, n - j);
+        __m256 v = _mm256_mul_ps(_mm256_maskload_ps(s + j, k), sc);
+        mx = _mm256_max_ps(mx, _mm256_blendv_ps(ninf, v, _mm256_castsi256_ps(k)));
+    }
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    float top = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+    if (top == -INFINITY) { memset(s, 0, sizeof(float) * (size_t)n); return 0; }
+    __m256 t = _mm256_set1_ps(top), sum = _mm256_setzero_ps();
+    for (int j = 0; j < n; j += 8) {
+        __m256i k = visible8(m ? m + j : NULL, n - j);
+        __m256 v = _mm256_mul_ps(_mm256_maskload_ps(s + j, k), sc);
+        __m256 live = _mm256_and_ps(_mm256_castsi256_ps(k), _mm256_cmp_ps(v, ninf, _CMP_NEQ_OQ));
+        __m256 e = _mm256_and_ps(live, exp256(_mm256_sub_ps(v, t)));
+        _mm256_maskstore_ps(s + j, tail8(n - j), e);
+        sum = _mm256_add_ps(sum, e);
+    }
+    __m256 inv = _mm256_set1_ps(1.0f / hsum8(sum));
+    for (int j = 0; j < n; j += 8) {
+        __m256i k = tail8(n - j);
+        _mm256_maskstore_ps(s + j, k, _mm256_mul_ps(_mm256_maskload_ps(s + j, k), inv));
+    }
+    return 1;
+}
+
+/* a = silu(a) * b (SwiGLU), 8 lanes. */
+CK_AVX2 static void swiglu_avx2(float *a, const float *b, int n) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    for (int i = 0; i < n; i += 8) {
+        __m256i in = tail8(n - i);
+        __m256 x = _mm256_maskload_ps(a + i, in), y = _mm256_maskload_ps(b + i, in);
+        __m256 sig = _mm256_div_ps(x, _mm256_add_ps(one, exp256(_mm256_sub_ps(_mm256_setzero_ps(), x))));
+        _mm256_maskstore_ps(a + i, in, _mm256_mul_ps(sig, y));
+    }
+}
+#endif
+
 static int softmax_row(float *s, const uint8_t *m, int n, float scale) {
 #ifdef CK_X86
     if (ck_avx512_enabled && has_avx512()) return softmax_row_avx512(s, m, n, scale);
+    if (ck_has_avx2_fma()) return softmax_row_avx2(s, m, n, scale);
 #endif
     float mx = -INFINITY, sum = 0;
     for (int j = 0; j < n; j++) {
@@ -814,6 +902,7 @@ void ck_f16_to_f32(const uint16_t *src, float *dst, int n) {
 void ck_swiglu(float *a, const float *b, int n) {
 #ifdef CK_X86
     if (ck_avx512_enabled && has_avx512()) { swiglu_avx512(a, b, n); return; }
+    if (ck_has_avx2_fma()) { swiglu_avx2(a, b, n); return; }
 #endif
     for (int i = 0; i < n; i++) a[i] = a[i] / (1.0f + expf(-a[i])) * b[i];
 }

@@ -93,9 +93,7 @@ final class ConfigAndFormatTests: XCTestCase {
             (0..<n).map { i in i == 17 ? 50 : rng.nextNormal() * 1e-3 },   // one bin holds all but one
             [Float](repeating: 0.5, count: n),
         ]
-        defer { ck_avx512_enabled = 1 }
-        for avx512 in [Int32(1), 0] {
-            ck_avx512_enabled = avx512
+        forEachKernelPath { path in
             for (ri, row) in rows.enumerated() {
                 let desc = row.sorted(by: >)
                 for k in [1, 2, 7, 2000, n - 1] {
@@ -105,7 +103,7 @@ final class ConfigAndFormatTests: XCTestCase {
                     row.withUnsafeBufferPointer { l in probs.withUnsafeMutableBufferPointer { sampler.probabilities(l.baseAddress!, into: $0.baseAddress!) } }
                     let kept = (0..<n).filter { probs[$0] > 0 }
                     let want = (0..<n).filter { row[$0] >= desc[k - 1] }
-                    XCTAssertEqual(kept, want, "row \(ri) k \(k) avx512 \(avx512)")
+                    XCTAssertEqual(kept, want, "row \(ri) k \(k) path \(path)")
                 }
             }
         }

@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 import XCTest
 @testable import ZipARCore
@@ -47,4 +48,15 @@ func runZipar(_ args: [String], expect code: Int32 = 0, environment: [String: St
     let res = (String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
     XCTAssertEqual(p.terminationStatus, code, "zipar \(args.joined(separator: " ")): \(res.1)", file: file, line: line)
     return res
+}
+
+/// Runs `body` once per kernel path: AVX-512 and AVX2 where the CPU has them, then the portable C
+/// loops (each path falls back to the next where the CPU lacks it, so a path may repeat). The C
+/// switches are restored afterwards.
+func forEachKernelPath(_ body: (_ path: String) throws -> Void) rethrows {
+    defer { ck_avx512_enabled = 1; ck_avx2_enabled = 1 }
+    for (avx512, avx2, path) in [(Int32(1), Int32(1), "avx512"), (0, 1, "avx2"), (0, 0, "portable")] {
+        ck_avx512_enabled = avx512; ck_avx2_enabled = avx2
+        try body(path)
+    }
 }

@@ -159,11 +159,9 @@ final class GPTTests: XCTestCase {
         XCTAssertEqual(try gen.generate(.caption(features: caption, mask: mask), options: o).tokens, try io.ints("out.greedy_tokens_cfg7.5"))
     }
 
-    /// Both kernel paths where the CPU has them (AVX-512 and AVX2), against a double-precision reference.
+    /// Every kernel path the CPU has (AVX-512, AVX2, portable C), against a double-precision reference.
     func testStreamingKernelMatchesNaive() throws {
-        defer { ck_avx512_enabled = 1 }
-        for avx512 in [Int32(1), 0] {
-            ck_avx512_enabled = avx512
+        try forEachKernelPath { _ in
             try checkStreamingKernel()
         }
     }
@@ -171,10 +169,8 @@ final class GPTTests: XCTestCase {
     /// The attention kernel (scores, masked softmax, weighted values; fp32 and fp16 storage; AVX-512,
     /// AVX2 and tails) against a Double reference, with random masks that include fully masked rows.
     func testAttentionKernelMatchesNaive() {
-        defer { ck_avx512_enabled = 1 }
         var rng = RNG(seed: 21)
-        for avx512 in [Int32(1), 0] {
-            ck_avx512_enabled = avx512
+        forEachKernelPath { path in
             for (nq, n, d) in [(1, 1, 64), (3, 17, 64), (6, 600, 64), (9, 70, 64), (2, 33, 32), (4, 100, 128), (5, 31, 40), (2, 16, 16)] {
                 let q = (0..<(nq * d)).map { _ in rng.nextNormal() }
                 let k = (0..<(n * d)).map { _ in rng.nextNormal() }, v = (0..<(n * d)).map { _ in rng.nextNormal() }
@@ -205,7 +201,7 @@ final class GPTTests: XCTestCase {
                         else { ck_attend_group(q, Int32(d), k, v, masks, offsets, Int32(nq), Int32(n), Int32(d), scale, sb, &scores, &out, Int32(d)) }
                         let tol = (half ? 1e-3 : 2e-5) * (sab ? 4 : 1)
                         let err = zip(out, want).map { abs(Double($0) - $1) }.max()!
-                        XCTAssertLessThan(err, tol, "avx512=\(avx512) half=\(half) sab=\(sab) nq=\(nq) n=\(n) d=\(d)")
+                        XCTAssertLessThan(err, tol, "path=\(path) half=\(half) sab=\(sab) nq=\(nq) n=\(n) d=\(d)")
                         if sab { XCTAssertTrue(scores.allSatisfy { $0 == 0 || $0 == 1 }, "SAB probabilities are 0 or 1") }
                     }
                 }
@@ -215,17 +211,15 @@ final class GPTTests: XCTestCase {
 
     /// SwiGLU and the sampler's softmax (vectorised exp) against Double references, with tails.
     func testSwiGLUAndSoftmaxKernels() {
-        defer { ck_avx512_enabled = 1 }
         var rng = RNG(seed: 8)
-        for avx512 in [Int32(1), 0] {
-            ck_avx512_enabled = avx512
+        forEachKernelPath { path in
             for n in [1, 15, 16, 37, 2048] {
                 let a = (0..<n).map { _ in rng.nextNormal() * 6 }, b = (0..<n).map { _ in rng.nextNormal() }
                 var y = a
                 Ops.swiGLU(&y, b, count: n)
                 for i in 0..<n {
                     let x = Double(a[i]), want = x / (1 + Foundation.exp(-x)) * Double(b[i])
-                    XCTAssertEqual(Double(y[i]), want, accuracy: 1e-6 * max(1, abs(want)), "swiglu n=\(n) avx512=\(avx512)")
+                    XCTAssertEqual(Double(y[i]), want, accuracy: 1e-6 * max(1, abs(want)), "swiglu n=\(n) path=\(path)")
                 }
                 var p = a
                 for i in stride(from: 0, to: n, by: 3) where n > 1 { p[i] = -.infinity }
@@ -245,11 +239,9 @@ final class GPTTests: XCTestCase {
     /// largest (sorted copy), the top-k cut, and the multinomial draw (the running double sum over
     /// every index, the rule the sampler had in Swift).
     func testSamplerKernelsMatchReferences() {
-        defer { ck_avx512_enabled = 1 }
         var rng = RNG(seed: 21)
         var counts = [Int32](repeating: 0, count: 1024)
-        for avx512 in [Int32(1), 0] {
-            ck_avx512_enabled = avx512
+        forEachKernelPath { path in
             for n in [1, 17, 65, 100, 2048, 16384] {
                 for kind in 0..<4 {
                     // normal; one far outlier (the range collapses into a bin or two); 7 distinct values; some -inf
@@ -261,7 +253,7 @@ final class GPTTests: XCTestCase {
                     for k in Set([1, 2, n / 3 + 1, min(n, 2000), n]) where k <= n {
                         var scratch = [Float](repeating: 0, count: n)
                         let got = ck_kth_largest(x, Int32(n), Int32(k), &counts, 1024, &scratch)
-                        XCTAssertEqual(got, sorted[k - 1], "kth n=\(n) kind=\(kind) k=\(k) avx512=\(avx512)")
+                        XCTAssertEqual(got, sorted[k - 1], "kth n=\(n) kind=\(kind) k=\(k) path=\(path)")
                         var cut = x
                         ck_cut_below(&cut, Int32(n), got)
                         for i in 0..<n { XCTAssertEqual(cut[i], x[i] < got ? -.infinity : x[i]) }
@@ -277,7 +269,7 @@ final class GPTTests: XCTestCase {
                             acc += Double(v); want = i
                             if acc > u * total { break }
                         }
-                        XCTAssertEqual(Int(ck_draw(w, Int32(n), u, &live)), want, "draw n=\(n) kind=\(kind) u=\(u) avx512=\(avx512)")
+                        XCTAssertEqual(Int(ck_draw(w, Int32(n), u, &live)), want, "draw n=\(n) kind=\(kind) u=\(u) path=\(path)")
                     }
                 }
             }

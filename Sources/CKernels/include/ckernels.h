@@ -8,6 +8,9 @@
 int ck_has_avx2_fma(void);
 /* 1 (default): use the AVX-512 kernels where the CPU has AVX-512F; 0 forces AVX2 (for comparisons). */
 extern int ck_avx512_enabled;
+/* 1 (default): use the AVX2 kernels where the CPU has them; 0 (with ck_avx512_enabled 0) forces the
+   portable C loops (tests run every path the CPU has). */
+extern int ck_avx2_enabled;
 
 /* Decode-pass product for few rows against a big weight, streaming each weight row once:
      y[i*ldy + j] = sum_p x[i*k + p] * w[j*k + p]     for i in [0,m), j in [j0,j1)
