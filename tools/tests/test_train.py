@@ -217,6 +217,44 @@ def test_train_tiny_end_to_end():
         assert "(resumed)" in r.stdout and "gpt: resuming at step" in r.stdout
 
 
+def test_train_init_from_a_model_directory():
+    """--init-from continues training from an exported model (no checkpoints in --work): the rebuilt
+    codebook is checked against the model's decoder, the step count goes on from the model's, and a
+    model of another architecture is refused with a message."""
+    train = os.path.join(REPO, "tools", "train", "train.py")
+    with tempfile.TemporaryDirectory() as tmp:
+        src, out = os.path.join(tmp, "src"), os.path.join(tmp, "out")
+        r = subprocess.run([sys.executable, train, "--tiny", "-o", src, "--work", os.path.join(tmp, "w1"), "--no-tune"],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        steps = json.load(open(os.path.join(src, "config.json")))["training"]["gpt_steps"]
+        work2 = os.path.join(tmp, "w2")
+        r = subprocess.run([sys.executable, train, "--tiny", "-o", out, "--work", work2, "--init-from", src,
+                            "--gpt-steps", "2", "--no-tune"], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        assert f"GPT at step {steps}" in r.stdout and f"resuming at step {steps} (schedule from step {steps})" in r.stdout
+        assert "dec step" not in r.stdout, "the decoder comes from the model directory"
+        assert json.load(open(os.path.join(out, "config.json")))["training"]["gpt_steps"] == steps + 2
+        # the warm start's decoder is the model's, bit for bit
+        a, b = read_st(os.path.join(src, "vq.safetensors")), read_st(os.path.join(out, "vq.safetensors"))
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+        # --resume continues the warm-started schedule
+        r = subprocess.run([sys.executable, train, "--tiny", "-o", out, "--work", work2, "--resume", "--gpt-steps", "3",
+                            "--no-tune"], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and f"(schedule from step {steps})" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+        assert json.load(open(os.path.join(out, "config.json")))["training"]["gpt_steps"] == steps + 3
+        # another architecture is refused
+        cfg = json.load(open(os.path.join(src, "config.json")))
+        cfg["gpt"]["n_layer"] += 1
+        json.dump(cfg, open(os.path.join(src, "config.json"), "w"))
+        r = subprocess.run([sys.executable, train, "--tiny", "-o", out, "--work", os.path.join(tmp, "w3"),
+                            "--init-from", src, "--no-tune"], capture_output=True, text=True, timeout=120)
+        assert r.returncode != 0 and "--init-from" in r.stderr and "gpt config" in r.stderr, r.stderr[-2000:]
+        r = subprocess.run([sys.executable, train, "--tiny", "--init-from", src, "--resume"], capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 2 and "pick one" in r.stderr
+
+
 def test_text_features_count_word_positions_from_the_first_word():
     import torch
     from train import TextEmbedding, encode_prompt, WORD_ID

@@ -121,14 +121,15 @@ class Budget:
     time budget is given). On a busy, shared machine a phase with a time budget still ends on
     time with its learning rate fully decayed. `used` carries the time of earlier runs (resume)."""
 
-    def __init__(self, total, minutes=None, used=0.0):
+    def __init__(self, total, minutes=None, used=0.0, start=0):
         self.total, self.seconds, self.used, self.t = total, (minutes * 60 if minutes else None), used, time.time()
+        self.start = start  # the step this schedule began at (a warm start, see init_from_model)
 
     def elapsed(self):
         return self.used + time.time() - self.t
 
     def progress(self, step):
-        p = step / max(1, self.total)
+        p = (step - self.start) / max(1, self.total)
         if self.seconds:
             p = max(p, self.elapsed() / self.seconds)
         return min(1.0, p)
@@ -417,21 +418,26 @@ def param_groups(modules, wd):
     return [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def gpt_optimizer(gpt, text, lr):
+    """AdamW and the two groups added after the others: the text position table, then the context
+    weights. Checkpoints made before each existed hold fewer groups and load into the optimizer
+    before the later groups are added (see train_gpt)."""
+    opt = torch.optim.AdamW(param_groups([gpt, text], 0.05), lr=lr, betas=(0.9, 0.95))
+    position_group = {"params": [text.position_embedding.weight], "weight_decay": 0.0}
+    context_group = {"params": [text.context_prev.weight, text.context_next.weight], "weight_decay": 0.0}
+    return opt, position_group, context_group
+
+
 def train_gpt(cfg, data, work, out, log, resume, seed, export_fn):
     tokens, ids, masks = data
     path = os.path.join(work, "gpt.pt")
     torch.manual_seed(seed)
     gpt = Transformer(cfg["gpt"])
     text = TextEmbedding(len(VOCAB), cfg["gpt"].caption_dim, cfg["gpt"].cls_token_num)
-    # The position table has its own group, added after the others: checkpoints made before it
-    # existed hold two groups and load into the optimizer before the group is added.
-    opt = torch.optim.AdamW(param_groups([gpt, text], 0.05), lr=cfg["gpt_lr"], betas=(0.9, 0.95))
-    position_group = {"params": [text.position_embedding.weight], "weight_decay": 0.0}
-    # The context weights likewise (a later addition still): added after the others.
-    context_group = {"params": [text.context_prev.weight, text.context_next.weight], "weight_decay": 0.0}
+    opt, position_group, context_group = gpt_optimizer(gpt, text, cfg["gpt_lr"])
     fast = {id(text.position_embedding.weight), id(text.context_prev.weight)}
     ema = EMA([gpt, text], 0.999)
-    step, used = 0, 0.0
+    step, used, start = 0, 0.0, 0
     rng = np.random.default_rng(seed + 2)
     if resume and os.path.exists(path):
         ck = torch.load(path, weights_only=False)
@@ -455,10 +461,10 @@ def train_gpt(cfg, data, work, out, log, resume, seed, export_fn):
                 ck["ema"][1][name] = text.get_parameter(name).detach().clone()
             log("gpt: the checkpoint has no text context weights; they start at zero")
         ema.shadow = ck["ema"]
-        step, used = ck["step"], ck.get("elapsed", 0.0)
+        step, used, start = ck["step"], ck.get("elapsed", 0.0), ck.get("start", 0)
         rng.bit_generator.state = ck["rng"]
         torch.set_rng_state(ck["torch_rng"])
-        log(f"gpt: resuming at step {step}")
+        log(f"gpt: resuming at step {step}" + (f" (schedule from step {start})" if start else ""))
     else:
         opt.add_param_group(position_group)
         opt.add_param_group(context_group)
@@ -467,17 +473,18 @@ def train_gpt(cfg, data, work, out, log, resume, seed, export_fn):
     n_params = sum(p.numel() for p in gpt.parameters())
     log(f"gpt: {n_params / 1e6:.2f}M parameters, {total} steps of {bs}, dataset {n}")
     t0, s0, avg = time.time(), step, (ck["loss"] if resume and os.path.exists(path) else None)
-    budget = Budget(total, cfg.get("gpt_minutes"), used)
+    budget = Budget(total, cfg.get("gpt_minutes"), used, start)
     gpt.train()
 
     def checkpoint():
         save_atomic({"gpt": gpt.state_dict(), "text": text.state_dict(), "opt": opt.state_dict(),
                      "ema": ema.shadow, "step": step, "rng": rng.bit_generator.state,
-                     "torch_rng": torch.get_rng_state(), "loss": avg, "elapsed": budget.elapsed()}, path)
+                     "torch_rng": torch.get_rng_state(), "loss": avg, "elapsed": budget.elapsed(), "start": start},
+                    path)
 
     last_export = None
     while budget.progress(step) < 1:
-        lr = cosine_lr(step, budget.progress(step), cfg["gpt_lr"], cfg["gpt_warmup"])
+        lr = cosine_lr(step - start, budget.progress(step), cfg["gpt_lr"], cfg["gpt_warmup"])
         for g in opt.param_groups:
             # The position table and the context weights learn 10x faster: they start at zero, their
             # gradient is a small part of an average over every caption row, and at the base rate the
@@ -495,8 +502,8 @@ def train_gpt(cfg, data, work, out, log, resume, seed, export_fn):
         step += 1
         ema.update(step)
         avg = loss.item() if avg is None else 0.95 * avg + 0.05 * loss.item()
-        if step % cfg["log_every"] == 0 or step == total:
-            log(f"gpt step {step}/{total} loss {loss.item():.4f} avg {avg:.4f} lr {lr:.2e} "
+        if step % cfg["log_every"] == 0 or step == start + total:
+            log(f"gpt step {step}/{start + total} loss {loss.item():.4f} avg {avg:.4f} lr {lr:.2e} "
                 f"{(time.time() - t0) / (step - s0):.2f}s/step")
         if step % cfg["ckpt_every"] == 0:
             checkpoint()
@@ -595,6 +602,60 @@ def load_model_dir(path):
     return config, gpt.eval(), vq.eval(), text.eval()
 
 
+def init_from_model(src, cfg, tok, work, log, seed):
+    """Warm start: writes WORK/dec.pt and WORK/gpt.pt from an exported model directory (models/default),
+    so that training goes on in a later session from the committed model, when the checkpoints of
+    the run that made it are gone. The weights are the exported EMA weights (the GPT in F16); the
+    optimizer starts empty, so its learning-rate schedule starts again (warmup, then decay) from the
+    model's step. The codebook is rebuilt from the seed, and checked here: the model's decoder must
+    still turn rebuilt codes into the scenes they encode."""
+    try:
+        with open(os.path.join(src, "config.json")) as f:
+            config = json.load(f)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"--init-from {src}: cannot read its config.json ({e})")
+    for part in ("gpt", "vq"):
+        if config.get(part) != cfg[part].config_json():
+            raise SystemExit(f"--init-from {src}: its {part} config {config.get(part)} is not this script's "
+                             f"{cfg[part].config_json()}")
+    if config.get("image_size") != cfg["image_size"]:
+        raise SystemExit(f"--init-from {src}: image size {config.get('image_size')} is not {cfg['image_size']}")
+    try:
+        config, gpt, vq, text = load_model_dir(src)
+    except (OSError, ValueError, KeyError, RuntimeError, AssertionError) as e:
+        raise SystemExit(f"--init-from {src}: cannot load the model ({e})")
+    info = config.get("training", {})
+    dec = new_decoder(cfg, tok, seed)
+    dec.load_state_dict(vq.state_dict())
+    dec.eval()
+    stats, _, _ = decoder_heldout(dec, tok, cfg, seed, log, f"init-from {src}: decoder")
+    expected = info.get("decoder", {}).get("rec_match")
+    if expected is not None and stats["rec_match"] < expected - 0.1:
+        raise SystemExit(f"--init-from {src}: its decoder matches {stats['rec_match'] * 100:.1f}% of held-out "
+                         f"scenes with the rebuilt codebook, against {expected * 100:.1f}% when it was trained: "
+                         "the codebook is not the one the model was trained with")
+    dec_info = info.get("decoder", {})
+    save_atomic({"model": dec.state_dict(), "step": dec_info.get("steps", 0), "done": True, "elapsed": 0.0,
+                 "stats": {k: v for k, v in dec_info.items() if k not in ("steps", "done")},
+                 "rng": np.random.default_rng(seed + 3).bit_generator.state}, os.path.join(work, "dec.pt"))
+    # The training TextEmbedding has every table (from_tables fills the ones a file lacks with zeros).
+    train_text = TextEmbedding(len(VOCAB), cfg["gpt"].caption_dim, cfg["gpt"].cls_token_num)
+    train_text.load_state_dict(text.state_dict())
+    opt, position_group, context_group = gpt_optimizer(gpt, train_text, cfg["gpt_lr"])
+    opt.add_param_group(position_group)
+    opt.add_param_group(context_group)
+    step = int(info.get("gpt_steps", 0))
+    clone = lambda m: {k: v.detach().clone() for k, v in m.state_dict().items()}  # noqa: E731
+    torch.manual_seed(seed + step)
+    save_atomic({"gpt": gpt.state_dict(), "text": train_text.state_dict(), "opt": opt.state_dict(),
+                 "ema": [clone(gpt), clone(train_text)], "step": step, "start": step,
+                 "rng": np.random.default_rng(seed + 2 + step).bit_generator.state,
+                 "torch_rng": torch.get_rng_state(), "loss": info.get("gpt_loss"), "elapsed": 0.0},
+                os.path.join(work, "gpt.pt"))
+    log(f"init-from {src}: GPT at step {step} (loss {info.get('gpt_loss')}), decoder at step "
+        f"{dec_info.get('steps', 0)}; optimizer state starts empty")
+
+
 # ---------------------------------------------------------------------------------------------
 # Phase 5: sampling and tuning
 
@@ -664,7 +725,12 @@ def main(argv=None):
                                    "loaded or built. Checkpoints of other phases are kept.")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--gpt-steps", type=int)
+    ap.add_argument("--gpt-steps", type=int, help="GPT steps (after --init-from: steps of the new schedule)")
+    ap.add_argument("--gpt-lr", type=float, help="GPT peak learning rate")
+    ap.add_argument("--init-from", metavar="DIR",
+                    help="warm start from an exported model directory (e.g. models/default) instead of the "
+                         "checkpoints in --work: its GPT, text table and decoder, a fresh optimizer and schedule; "
+                         "runs the gpt phase (and tune) only")
     ap.add_argument("--dec-steps", type=int, help="decoder training steps")
     ap.add_argument("--dataset", type=int, help="number of tokenised training scenes")
     for ph in ("gpt", "dec"):
@@ -677,19 +743,28 @@ def main(argv=None):
     phases = set(PHASES) if not args.only else set(args.only.split(","))
     if not phases <= set(PHASES):
         ap.error(f"--only takes phases from {', '.join(PHASES)}, got {args.only}")
+    if args.init_from:
+        if args.resume:
+            ap.error("--init-from starts a new schedule from a model directory and --resume continues one in --work; "
+                     "pick one")
+        if args.only and "dec" in phases:
+            ap.error("--init-from takes the decoder from the model directory; it does not train the dec phase")
+        phases.discard("dec")
     if args.no_tune:
         phases.discard("tune")
 
     torch.set_num_threads(max(1, args.threads))
     cfg = dict(TINY if args.tiny else FULL)
     for k, a in (("gpt_steps", args.gpt_steps), ("dataset", args.dataset), ("dec_steps", args.dec_steps),
-                 ("gpt_minutes", args.gpt_minutes), ("dec_minutes", args.dec_minutes), ("export_every", args.export_every)):
+                 ("gpt_minutes", args.gpt_minutes), ("dec_minutes", args.dec_minutes), ("export_every", args.export_every),
+                 ("gpt_lr", args.gpt_lr)):
         if a is not None:
             cfg[k] = a
     work = args.work or (tempfile.mkdtemp(prefix="zipar-train-tiny-") if args.tiny else "/tmp/zipar-train")
     os.makedirs(work, exist_ok=True)
     cfg["work"] = work
-    if not args.resume and not args.only:
+    reuse = args.resume or bool(args.only) or bool(args.init_from)  # the codebook and tokens are seeded: reusable
+    if not reuse:
         for f in ("codebook.npz", "tokens.npz", "gpt.pt", "dec.pt"):
             if os.path.exists(os.path.join(work, f)):
                 os.remove(os.path.join(work, f))
@@ -700,10 +775,11 @@ def main(argv=None):
     log(f"vq {cfg['vq'].config_json()}")
     log(f"gpt {cfg['gpt'].config_json()}")
 
-    tok, tok_stats = build_tokenizer(cfg, work, log, args.resume or bool(args.only), args.seed)
+    tok, tok_stats = build_tokenizer(cfg, work, log, reuse, args.seed)
     data = None
     if phases & {"tokens", "gpt"}:
-        data = make_tokens(cfg, tok, work, log, args.resume or "tokens" not in phases, args.seed)
+        data = make_tokens(cfg, tok, work, log, args.resume or bool(args.init_from) or "tokens" not in phases,
+                           args.seed)
     info_base = {"image_size": cfg["image_size"], "dataset": cfg["dataset"], "gpt_batch": cfg["gpt_batch"],
                  "dec_batch": cfg["dec_batch"], "tokenizer": {k: round(v, 4) for k, v in tok_stats.items()}}
     if "dec" in phases:
@@ -719,7 +795,9 @@ def main(argv=None):
                                                                      "temperature": 1.0},
                      {**info_base, "decoder": dec_info, **info, "minutes": round((time.time() - t_start) / 60, 1)})
 
-    shadow = train_gpt(cfg, data, work, args.out, log, args.resume, args.seed, export_fn)
+    if args.init_from:
+        init_from_model(args.init_from, cfg, tok, work, log, args.seed)
+    shadow = train_gpt(cfg, data, work, args.out, log, args.resume or bool(args.init_from), args.seed, export_fn)
     ck = torch.load(os.path.join(work, "gpt.pt"), weights_only=False)
     info = {"gpt_steps": ck["step"], "gpt_loss": round(ck["loss"], 4)}
     if "tune" in phases:
