@@ -230,7 +230,7 @@ def test_train_init_from_a_model_directory():
         steps = json.load(open(os.path.join(src, "config.json")))["training"]["gpt_steps"]
         work2 = os.path.join(tmp, "w2")
         r = subprocess.run([sys.executable, train, "--tiny", "-o", out, "--work", work2, "--init-from", src,
-                            "--gpt-steps", "2", "--no-tune"], capture_output=True, text=True, timeout=120)
+                            "--gpt-steps", "2", "--gpt-lr", "0.02", "--no-tune"], capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
         assert f"GPT at step {steps}" in r.stdout and f"resuming at step {steps} (schedule from step {steps})" in r.stdout
         assert "dec step" not in r.stdout, "the decoder comes from the model directory"
@@ -242,6 +242,9 @@ def test_train_init_from_a_model_directory():
         r = subprocess.run([sys.executable, train, "--tiny", "-o", out, "--work", work2, "--resume", "--gpt-steps", "3",
                             "--no-tune"], capture_output=True, text=True, timeout=120)
         assert r.returncode == 0 and f"(schedule from step {steps})" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+        # ... at the peak rate --init-from set (0.02; the default 1e-3 would keep every rate below 1e-3)
+        rates = [float(l.split(" lr ")[1].split()[0]) for l in r.stdout.splitlines() if "gpt step" in l]
+        assert rates and max(rates) > 1.5e-3, r.stdout[-2000:]
         assert json.load(open(os.path.join(out, "config.json")))["training"]["gpt_steps"] == steps + 3
         # another architecture is refused
         cfg = json.load(open(os.path.join(src, "config.json")))

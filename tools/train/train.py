@@ -437,7 +437,7 @@ def train_gpt(cfg, data, work, out, log, resume, seed, export_fn):
     opt, position_group, context_group = gpt_optimizer(gpt, text, cfg["gpt_lr"])
     fast = {id(text.position_embedding.weight), id(text.context_prev.weight)}
     ema = EMA([gpt, text], 0.999)
-    step, used, start = 0, 0.0, 0
+    step, used, start, base_lr = 0, 0.0, 0, cfg["gpt_lr"]
     rng = np.random.default_rng(seed + 2)
     if resume and os.path.exists(path):
         ck = torch.load(path, weights_only=False)
@@ -462,6 +462,8 @@ def train_gpt(cfg, data, work, out, log, resume, seed, export_fn):
             log("gpt: the checkpoint has no text context weights; they start at zero")
         ema.shadow = ck["ema"]
         step, used, start = ck["step"], ck.get("elapsed", 0.0), ck.get("start", 0)
+        if not cfg.get("gpt_lr_given"):
+            base_lr = ck.get("lr", base_lr)  # the schedule's peak, as --init-from or the first run set it
         rng.bit_generator.state = ck["rng"]
         torch.set_rng_state(ck["torch_rng"])
         log(f"gpt: resuming at step {step}" + (f" (schedule from step {start})" if start else ""))
@@ -479,12 +481,13 @@ def train_gpt(cfg, data, work, out, log, resume, seed, export_fn):
     def checkpoint():
         save_atomic({"gpt": gpt.state_dict(), "text": text.state_dict(), "opt": opt.state_dict(),
                      "ema": ema.shadow, "step": step, "rng": rng.bit_generator.state,
-                     "torch_rng": torch.get_rng_state(), "loss": avg, "elapsed": budget.elapsed(), "start": start},
+                     "torch_rng": torch.get_rng_state(), "loss": avg, "elapsed": budget.elapsed(), "start": start,
+                     "lr": base_lr},
                     path)
 
     last_export = None
     while budget.progress(step) < 1:
-        lr = cosine_lr(step - start, budget.progress(step), cfg["gpt_lr"], cfg["gpt_warmup"])
+        lr = cosine_lr(step - start, budget.progress(step), base_lr, cfg["gpt_warmup"])
         for g in opt.param_groups:
             # The position table and the context weights learn 10x faster: they start at zero, their
             # gradient is a small part of an average over every caption row, and at the base rate the
@@ -650,7 +653,8 @@ def init_from_model(src, cfg, tok, work, log, seed):
     save_atomic({"gpt": gpt.state_dict(), "text": train_text.state_dict(), "opt": opt.state_dict(),
                  "ema": [clone(gpt), clone(train_text)], "step": step, "start": step,
                  "rng": np.random.default_rng(seed + 2 + step).bit_generator.state,
-                 "torch_rng": torch.get_rng_state(), "loss": info.get("gpt_loss"), "elapsed": 0.0},
+                 "torch_rng": torch.get_rng_state(), "loss": info.get("gpt_loss"), "elapsed": 0.0,
+                 "lr": cfg["gpt_lr"]},
                 os.path.join(work, "gpt.pt"))
     log(f"init-from {src}: GPT at step {step} (loss {info.get('gpt_loss')}), decoder at step "
         f"{dec_info.get('steps', 0)}; optimizer state starts empty")
@@ -763,6 +767,7 @@ def main(argv=None):
     work = args.work or (tempfile.mkdtemp(prefix="zipar-train-tiny-") if args.tiny else "/tmp/zipar-train")
     os.makedirs(work, exist_ok=True)
     cfg["work"] = work
+    cfg["gpt_lr_given"] = args.gpt_lr is not None  # else --resume keeps the checkpoint's peak rate
     reuse = args.resume or bool(args.only) or bool(args.init_from)  # the codebook and tokens are seeded: reusable
     if not reuse:
         for f in ("codebook.npz", "tokens.npz", "gpt.pt", "dec.pt"):
