@@ -638,7 +638,9 @@ def init_from_model(src, cfg, tok, work, log, seed):
                          f"scenes with the rebuilt codebook, against {expected * 100:.1f}% when it was trained: "
                          "the codebook is not the one the model was trained with")
     dec_info = info.get("decoder", {})
-    save_atomic({"model": dec.state_dict(), "step": dec_info.get("steps", 0), "done": True, "elapsed": 0.0,
+    # Marked done with its whole time budget used, so that a later --resume does not train it on.
+    save_atomic({"model": dec.state_dict(), "step": dec_info.get("steps", 0), "done": True,
+                 "elapsed": float(cfg.get("dec_minutes") or 0) * 60,
                  "stats": {k: v for k, v in dec_info.items() if k not in ("steps", "done")},
                  "rng": np.random.default_rng(seed + 3).bit_generator.state}, os.path.join(work, "dec.pt"))
     # The training TextEmbedding has every table (from_tables fills the ones a file lacks with zeros).
