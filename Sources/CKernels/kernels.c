@@ -524,21 +524,27 @@ CK_AVX512B static void weighted_rows_avx512(const float *p, const float *v, int 
 #define EXP_P3 4.1665795894e-2f
 #define EXP_P4 1.6666665459e-1f
 #define EXP_P5 5.0000001201e-1f
+/* out = e^r, r = x - n ln2, on W-bit vectors, W = 512 or 256 (the intrinsic names are pasted
+   together): exp512 and exp256 differ only in how they round n and apply 2^n. */
+#define EXP_POLY(W, x, n, out) do {                                                             \
+    __m##W r_ = _mm##W##_sub_ps(x, _mm##W##_mul_ps(n, _mm##W##_set1_ps(EXP_LN2_HI)));           \
+    r_ = _mm##W##_sub_ps(r_, _mm##W##_mul_ps(n, _mm##W##_set1_ps(EXP_LN2_LO)));                 \
+    __m##W q_ = _mm##W##_set1_ps(EXP_P0);                                                       \
+    q_ = _mm##W##_fmadd_ps(q_, r_, _mm##W##_set1_ps(EXP_P1));                                   \
+    q_ = _mm##W##_fmadd_ps(q_, r_, _mm##W##_set1_ps(EXP_P2));                                   \
+    q_ = _mm##W##_fmadd_ps(q_, r_, _mm##W##_set1_ps(EXP_P3));                                   \
+    q_ = _mm##W##_fmadd_ps(q_, r_, _mm##W##_set1_ps(EXP_P4));                                   \
+    q_ = _mm##W##_fmadd_ps(q_, r_, _mm##W##_set1_ps(EXP_P5));                                   \
+    out = _mm##W##_add_ps(_mm##W##_fmadd_ps(_mm##W##_mul_ps(q_, r_), r_, r_), _mm##W##_set1_ps(1.0f)); \
+} while (0)
 
 /* e^x for 16 lanes, the Cephes polynomial of NN.exp8 (Swift): x = n ln2 + r, |r| <= ln2/2, degree 6,
    times 2^n (scalef). 1-2 ulp; inputs clamped to [-87, 88]. */
 CK_AVX512B static inline __m512 exp512(__m512 x) {
     x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
     __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(EXP_LOG2E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(EXP_LN2_HI)));
-    r = _mm512_sub_ps(r, _mm512_mul_ps(n, _mm512_set1_ps(EXP_LN2_LO)));
-    __m512 q = _mm512_set1_ps(EXP_P0);
-    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(EXP_P1));
-    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(EXP_P2));
-    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(EXP_P3));
-    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(EXP_P4));
-    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(EXP_P5));
-    q = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(q, r), r, r), _mm512_set1_ps(1.0f));
+    __m512 q;
+    EXP_POLY(512, x, n, q);
     return _mm512_scalef_ps(q, n);
 }
 
@@ -673,15 +679,8 @@ DEFINE_VALUES_MULTI512(values_multi512_f16, uint16_t, LOAD512_F16)
 CK_AVX2 static inline __m256 exp256(__m256 x) {
     x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
     __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(EXP_LOG2E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(EXP_LN2_HI)));
-    r = _mm256_sub_ps(r, _mm256_mul_ps(n, _mm256_set1_ps(EXP_LN2_LO)));
-    __m256 q = _mm256_set1_ps(EXP_P0);
-    q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(EXP_P1));
-    q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(EXP_P2));
-    q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(EXP_P3));
-    q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(EXP_P4));
-    q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(EXP_P5));
-    q = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(q, r), r, r), _mm256_set1_ps(1.0f));
+    __m256 q;
+    EXP_POLY(256, x, n, q);
     __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(q, _mm256_castsi256_ps(e));
 }
