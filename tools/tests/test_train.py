@@ -189,6 +189,8 @@ def test_train_tiny_end_to_end():
         g, v = cfg["gpt"], cfg["vq"]
         assert g["model_type"] == "t2i" and g["vocab_size"] == v["codebook_size"] and v["codebook_l2_norm"] is True
         assert set(cfg["sampling"]) == {"cfg_scale", "top_k", "top_p", "temperature"}
+        held = cfg["training"]["gpt_heldout_loss"]  # cross-entropy of a 32-code vocabulary: below ln 32 + slack
+        assert 0 < held < 5 and "held-out loss" in r.stdout
         assert all((v["ch"] * m) % 32 == 0 for m in v["decoder_ch_mult"])
         # key sets and shapes as the converter (and zipar) expect, with cls_token_num rows of uncond_embedding
         gpt = read_st(os.path.join(out, "gpt.safetensors"))
@@ -215,6 +217,31 @@ def test_train_tiny_end_to_end():
                             "--work", work, "--resume", "--no-tune"], capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr[-2000:]
         assert "(resumed)" in r.stdout and "gpt: resuming at step" in r.stdout
+
+
+def test_train_dataset_extends_to_what_a_fresh_run_makes():
+    """--resume with a larger --dataset extends tokens.npz instead of rebuilding it, and the extended
+    set is, sequence for sequence, the one a fresh run of that size makes."""
+    train = os.path.join(REPO, "tools", "train", "train.py")
+    with tempfile.TemporaryDirectory() as tmp:
+        w1, w2 = os.path.join(tmp, "w1"), os.path.join(tmp, "w2")
+        for args in (["--work", w1, "--only", "codebook,tokens", "--dataset", "20"],
+                     ["--work", w1, "--resume", "--only", "tokens", "--dataset", "50"],
+                     ["--work", w2, "--only", "codebook,tokens", "--dataset", "50"]):
+            r = subprocess.run([sys.executable, train, "--tiny", "-o", os.path.join(tmp, "m")] + args,
+                               capture_output=True, text=True, timeout=120)
+            assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+            if "--resume" in args:
+                assert "(30 new)" in r.stdout, r.stdout[-2000:]
+        a, b = np.load(os.path.join(w1, "tokens.npz")), np.load(os.path.join(w2, "tokens.npz"))
+        assert len(a["tokens"]) == 50
+        for k in ("tokens", "ids", "mask"):
+            assert np.array_equal(a[k], b[k]), k
+        # a smaller --dataset trains on the first sequences and leaves the file as it is
+        r = subprocess.run([sys.executable, train, "--tiny", "-o", os.path.join(tmp, "m"), "--work", w1, "--resume",
+                            "--only", "tokens", "--dataset", "10"], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and "training on the first 10" in r.stdout, r.stdout[-2000:]
+        assert len(np.load(os.path.join(w1, "tokens.npz"))["tokens"]) == 50
 
 
 def test_train_init_from_a_model_directory():

@@ -249,30 +249,41 @@ def build_tokenizer(cfg, work, log, resume, seed):
 # Phase 2: tokens
 
 def make_tokens(cfg, tok, work, log, resume, seed):
+    """The dataset: cfg["dataset"] seeded scenes, one random stream, encoded into token grids. With
+    `resume`, an existing tokens.npz is reused, and a larger --dataset extends it: the stream is
+    replayed past the scenes it holds (sampling only, no rendering), so an extended dataset is the one
+    a fresh run of that size makes."""
     path = os.path.join(work, "tokens.npz")
+    n, size, T = cfg["dataset"], cfg["image_size"], cfg["gpt"].cls_token_num
+    old = None
     if resume and os.path.exists(path):
         d = np.load(path)
-        log(f"tokens: {len(d['tokens'])} sequences (resumed)")
-        return d["tokens"], d["ids"], d["mask"]
-    n, size, T = cfg["dataset"], cfg["image_size"], cfg["gpt"].cls_token_num
+        old = d["tokens"], d["ids"], d["mask"]
+        if len(old[0]) >= n:
+            log(f"tokens: {len(old[0])} sequences (resumed)" + (f", training on the first {n}" if len(old[0]) > n else ""))
+            return tuple(a[:n] for a in old)
     rng = np.random.default_rng(seed + 1)
+    have = 0 if old is None else len(old[0])
+    for _ in range(have):
+        shapes.sample_scene(rng, size)  # the scenes tokens.npz holds already
     toks, ids, masks = [], [], []
     t0 = time.time()
     chunk = 256
-    for start in range(0, n, chunk):
+    for start in range(have, n, chunk):
         imgs, scenes = batch_images(rng, min(chunk, n - start), size)
         toks.append(tok.encode(imgs).astype(np.int16))
         for s in scenes:
             i, m = encode_prompt(s["prompt"], T)
             ids.append(i)
             masks.append(m)
-        if (start // chunk) % 20 == 0:
+        if ((start - have) // chunk) % 20 == 0:
             log(f"tokens: {start + len(scenes)}/{n} ({time.time() - t0:.0f}s)")
-    tokens = np.concatenate(toks)
-    ids, masks = np.array(ids, np.int16), np.array(masks, bool)
+    tokens = np.concatenate(([old[0]] if old else []) + toks)
+    ids = np.concatenate(([old[1]] if old else []) + [np.array(ids, np.int16)])
+    masks = np.concatenate(([old[2]] if old else []) + [np.array(masks, bool)])
     np.savez(path + ".tmp.npz", tokens=tokens, ids=ids, mask=masks)
     os.replace(path + ".tmp.npz", path)
-    log(f"tokens: {n} sequences of {tokens.shape[1]} tokens in {time.time() - t0:.0f}s; "
+    log(f"tokens: {n} sequences of {tokens.shape[1]} tokens ({n - have} new) in {time.time() - t0:.0f}s; "
         f"{len(np.unique(tokens))} distinct codes")
     return tokens, ids, masks
 
@@ -428,7 +439,35 @@ def gpt_optimizer(gpt, text, lr):
     return opt, position_group, context_group
 
 
-def train_gpt(cfg, data, work, out, log, resume, seed, export_fn):
+def heldout_tokens(cfg, tok, seed, n=512):
+    """Scenes from their own stream (seed + 9), never in the training set: the held-out loss shows when
+    the GPT starts to learn the training scenes instead of the grammar (v9: 0.068 on training scenes,
+    0.084 on fresh ones, after 18 passes over 40000 scenes)."""
+    imgs, scenes = batch_images(np.random.default_rng(seed + 9), n, cfg["image_size"])
+    enc = [encode_prompt(s["prompt"], cfg["gpt"].cls_token_num) for s in scenes]
+    return (tok.encode(imgs).astype(np.int16), np.array([e[0] for e in enc], np.int16),
+            np.array([e[1] for e in enc], bool))
+
+
+def heldout_loss(cfg, gpt_sd, text_sd, heldout, batch=64):
+    """Mean cross-entropy of the (EMA) weights on the held-out scenes, captions never dropped."""
+    gpt = Transformer(cfg["gpt"])
+    gpt.load_state_dict(gpt_sd)
+    text = TextEmbedding(len(VOCAB), cfg["gpt"].caption_dim, cfg["gpt"].cls_token_num)
+    text.load_state_dict(text_sd)
+    gpt.eval()
+    tokens, ids, masks = heldout
+    total = 0.0
+    with torch.no_grad():
+        for s in range(0, len(tokens), batch):
+            tk = torch.from_numpy(tokens[s:s + batch].astype(np.int64))
+            m = torch.from_numpy(masks[s:s + batch])
+            _, loss = gpt(tk[:, :-1], text(torch.from_numpy(ids[s:s + batch].astype(np.int64)), m), m, targets=tk)
+            total += loss.item() * len(tk)
+    return total / len(tokens)
+
+
+def train_gpt(cfg, data, work, out, log, resume, seed, export_fn, heldout=None):
     tokens, ids, masks = data
     path = os.path.join(work, "gpt.pt")
     torch.manual_seed(seed)
@@ -485,6 +524,15 @@ def train_gpt(cfg, data, work, out, log, resume, seed, export_fn):
                      "lr": base_lr},
                     path)
 
+    def export(step, avg):
+        info = {"gpt_steps": step, "gpt_loss": round(avg, 4)}
+        if heldout is not None:
+            info["gpt_heldout_loss"] = round(heldout_loss(cfg, ema.shadow[0], ema.shadow[1], heldout), 4)
+        export_fn(ema.shadow[0], ema.shadow[1], info)
+        log(f"gpt: exported EMA weights at step {step} to {out}" +
+            (f"; held-out loss {info['gpt_heldout_loss']:.4f}" if heldout is not None else ""))
+        return info
+
     last_export = None
     while budget.progress(step) < 1:
         lr = cosine_lr(step - start, budget.progress(step), base_lr, cfg["gpt_warmup"])
@@ -511,14 +559,12 @@ def train_gpt(cfg, data, work, out, log, resume, seed, export_fn):
         if step % cfg["ckpt_every"] == 0:
             checkpoint()
         if step % cfg["export_every"] == 0:
-            export_fn(ema.shadow[0], ema.shadow[1], {"gpt_steps": step, "gpt_loss": round(avg, 4)})
+            export(step, avg)
             last_export = step
-            log(f"gpt: exported EMA weights at step {step} to {out}")
     checkpoint()
     log(f"gpt: {step} steps in {budget.elapsed() / 60:.1f} min, loss (running mean) {avg:.4f}")
     if last_export != step:
-        export_fn(ema.shadow[0], ema.shadow[1], {"gpt_steps": step, "gpt_loss": round(avg, 4)})
-        log(f"gpt: exported EMA weights at step {step} to {out}")
+        export(step, avg)
     return ema.shadow
 
 
@@ -804,9 +850,12 @@ def main(argv=None):
 
     if args.init_from:
         init_from_model(args.init_from, cfg, tok, work, log, args.seed)
-    shadow = train_gpt(cfg, data, work, args.out, log, args.resume or bool(args.init_from), args.seed, export_fn)
+    heldout = heldout_tokens(cfg, tok, args.seed, 512 if not args.tiny else 8)
+    shadow = train_gpt(cfg, data, work, args.out, log, args.resume or bool(args.init_from), args.seed, export_fn,
+                       heldout)
     ck = torch.load(os.path.join(work, "gpt.pt"), weights_only=False)
-    info = {"gpt_steps": ck["step"], "gpt_loss": round(ck["loss"], 4)}
+    info = {"gpt_steps": ck["step"], "gpt_loss": round(ck["loss"], 4),
+            "gpt_heldout_loss": round(heldout_loss(cfg, shadow[0], shadow[1], heldout), 4)}
     if "tune" in phases:
         grid = TINY_TUNE_GRID if args.tiny else TUNE_GRID
         sampling, results, acc = tune_sampling(args.out, cfg, log, args.seed, grid)
