@@ -1,8 +1,14 @@
-/* W1A8 bit-serial GEMM (layouts and the identity in qkernels.h). The weights are one sign bit each,
-   so a pass streams k/8 bytes per output row; the activations (INT8 per token, as W8A8) are split
-   into 8 bit planes once per call, and every (weight word, activation row) pair costs one AND and one
-   popcount per plane. With the 8 planes of a 64-column word side by side in one zmm, a single
-   VPOPCNTQ counts all 8 planes of that word at once. Both paths compute the same exact int32. */
+/* W1A8 GEMM (layouts and the identities in qkernels.h). The weights are one sign bit each, so a pass
+   streams k/8 bytes per output row, and the arithmetic, not memory, sets the speed. Three paths, all
+   computing the same exact int32:
+   - AVX-512 with VPOPCNTQ, bit-serial: the activations (INT8 per token, as W8A8) are split into 8 bit
+     planes once per call; with the 8 planes of a 64-column word side by side in one zmm, one AND and
+     one VPOPCNTQ count all 8 planes of a (weight word, activation row) pair.
+   - AVX2 (no vector popcount), byte-wise: 32 sign bits become a 32-byte mask (4 instructions, shared
+     by every activation row); per activation row an AND keeps the INT8 activations where the bit is
+     set and a VPMADDUBSW by ones adds them in pairs: 3 instructions per 32 columns and row, where
+     bit-serial with a nibble-table popcount needs about 8 per 32 columns.
+   - portable: bit-serial with __builtin_popcountll. */
 #include "qkernels.h"
 #include <string.h>
 #if defined(__x86_64__)
@@ -22,11 +28,13 @@ static int w1_cpu_has_vpopcnt(void) {
 }
 #endif
 
-/* The AVX-512 path runs where the CPU has VPOPCNTQ and the integer kernels are not forced below
-   level 2 (ck_qkernel_force; the tests use it to run the portable path on the same machine). */
-int ck_w1_avx512(void) {
+/* AVX-512 where the CPU has VPOPCNTQ and the integer kernels are not forced below level 2, else AVX2
+   at level 1 or above, else portable (ck_qkernel_force; the tests use it to run every path the
+   machine has). */
+int ck_w1_path(void) {
 #ifdef W1_X86
-    return ck_qkernel_level() == 2 && w1_cpu_has_vpopcnt();
+    int level = ck_qkernel_level();
+    return level == 2 && w1_cpu_has_vpopcnt() ? 2 : level >= 1 ? 1 : 0;
 #else
     return 0;
 #endif
@@ -77,7 +85,9 @@ W1_AVX static void planes_avx512(const int8_t *xq, int m, int k, uint64_t *plane
 
 void ck_w1_planes(const int8_t *xq, int m, int k, uint64_t *planes) {
 #ifdef W1_X86
-    if (ck_w1_avx512()) { planes_avx512(xq, m, k, planes); return; }
+    int path = ck_w1_path();
+    if (path == 2) { planes_avx512(xq, m, k, planes); return; }
+    if (path == 1) return;   /* the AVX2 path reads xq itself */
 #endif
     planes_generic(xq, m, k, planes);
 }
@@ -208,11 +218,83 @@ W1_AVX static void w1_avx512(const uint64_t *planes, const float *sx, const int3
 }
 #endif
 
-void ck_qgemm_w1(const uint64_t *planes, const float *sx, const int32_t *xsum, int m, int k,
+#ifdef W1_X86
+#define W1_AVX2 __attribute__((target("avx2,fma")))
+/* 32-column chunks summed in int16 lanes before they are widened: a lane gains two activations of
+   |q| <= 127 per chunk, and 128 * 254 = 32512 < 32767. */
+#define W1_KB 128
+
+W1_INLINE W1_AVX2 int32_t w1_hsum_avx2(__m256i v) {
+    __m128i t = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4E));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xB1));
+    return _mm_cvtsi128_si32(t);
+}
+
+/* One weight row against MI activation rows. S[r] = sum of q[r, p] over the set bits p of the row;
+   acc = 2 S - xsum (the +1 columns count once, the -1 columns are xsum - S). */
+W1_INLINE W1_AVX2 void w1_row_avx2(int MI, const int8_t *xq, const float *sx, const int32_t *xsum, int k,
+                                   const uint64_t *wr, float alpha, int j, float *y, int ldy, int32_t *accOut, int ldacc) {
+    /* byte t of the mask <- bit t of 32: broadcast the 4 bytes, route byte t/8 to byte t, test bit t%8 */
+    const __m256i route = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                           2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ull);
+    const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+    const uint8_t *wb = (const uint8_t *)wr;
+    int32_t S[W1_MAXMI] = {0};
+    int chunks = k / 32;
+    for (int c0 = 0; c0 < chunks; c0 += W1_KB) {
+        int c1 = c0 + W1_KB < chunks ? c0 + W1_KB : chunks;
+        __m256i acc[W1_MAXMI];
+        for (int r = 0; r < MI; r++) acc[r] = _mm256_setzero_si256();
+        for (int c = c0; c < c1; c++) {
+            uint32_t b32;
+            memcpy(&b32, wb + 4 * c, 4);
+            __m256i mask = _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32((int)b32), route), bit), bit);
+            for (int r = 0; r < MI; r++) {
+                __m256i q = _mm256_and_si256(mask, _mm256_loadu_si256((const __m256i *)(xq + (size_t)r * k + 32 * c)));
+                acc[r] = _mm256_add_epi16(acc[r], _mm256_maddubs_epi16(ones8, q));
+            }
+        }
+        for (int r = 0; r < MI; r++) S[r] += w1_hsum_avx2(_mm256_madd_epi16(acc[r], ones16));
+    }
+    for (int r = 0; r < MI; r++) {
+        int32_t a = 2 * S[r] - xsum[r];
+        if (accOut) accOut[(size_t)r * ldacc + j] = a;
+        y[(size_t)r * ldy + j] = (float)a * (alpha * sx[r]);
+    }
+}
+
+/* Weight rows outside, activation rows inside in tiles of up to 8: a weight row's mask is built once
+   per tile, and the activations of all rows (m*k bytes) stay in L1/L2 while the weights stream by. */
+W1_AVX2 static void w1_avx2(const int8_t *xq, const float *sx, const int32_t *xsum, int m, int k,
+                            const uint64_t *bits, const float *alpha, int j0, int j1,
+                            float *y, int ldy, int32_t *accOut, int ldacc) {
+    int words = k / 64;
+    for (int j = j0; j < j1; j++) {
+        const uint64_t *wr = bits + (size_t)j * words;
+        for (int i = 0; i < m;) {
+            int left = m - i, mi = left <= W1_MAXMI ? left : (left < 2 * W1_MAXMI ? (left + 1) / 2 : W1_MAXMI);
+#define W1CALL2(MI) w1_row_avx2(MI, xq + (size_t)i * k, sx + i, xsum + i, k, wr, alpha[j], j, y + (size_t)i * ldy, ldy, \
+                                accOut ? accOut + (size_t)i * ldacc : 0, ldacc)
+            switch (mi) {
+            case 1: W1CALL2(1); break; case 2: W1CALL2(2); break; case 3: W1CALL2(3); break; case 4: W1CALL2(4); break;
+            case 5: W1CALL2(5); break; case 6: W1CALL2(6); break; case 7: W1CALL2(7); break; default: W1CALL2(8); break;
+            }
+#undef W1CALL2
+            i += mi;
+        }
+    }
+}
+#endif
+
+void ck_qgemm_w1(const int8_t *xq, const uint64_t *planes, const float *sx, const int32_t *xsum, int m, int k,
                  const uint64_t *bits, const int32_t *popc, const float *alpha, int j0, int j1,
                  float *y, int ldy, int32_t *accOut, int ldacc) {
 #ifdef W1_X86
-    if (ck_w1_avx512()) { w1_avx512(planes, sx, xsum, m, k, bits, popc, alpha, j0, j1, y, ldy, accOut, ldacc); return; }
+    int path = ck_w1_path();
+    if (path == 2) { w1_avx512(planes, sx, xsum, m, k, bits, popc, alpha, j0, j1, y, ldy, accOut, ldacc); return; }
+    if (path == 1) { w1_avx2(xq, sx, xsum, m, k, bits, alpha, j0, j1, y, ldy, accOut, ldacc); return; }
 #endif
     w1_generic(planes, sx, xsum, m, k, bits, popc, alpha, j0, j1, y, ldy, accOut, ldacc);
 }

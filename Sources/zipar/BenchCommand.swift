@@ -383,7 +383,7 @@ struct BenchCommand: ParsableCommand {
         let mb8 = 65536.0 * (768 + 4) / 1e6, mb4 = 65536.0 * (384 + 12 + 4) / 1e6, mb1 = 65536.0 * (96 + 8) / 1e6
         print(String(format: "integer kernels (%@): W8A8 %.1f MB -> limit %.1f ms, W4A8 (DGQ, group 128) %.1f MB -> limit %.1f ms, W1A8 %.1f MB (%@) -> limit %.1f ms",
                      ["portable C", "AVX2", "AVX-512 VNNI"][Int(ck_qkernel_level())], mb8, mb8 / bw, mb4, mb4 / bw, mb1,
-                     ck_w1_avx512() != 0 ? "AVX-512 VPOPCNTQ" : "portable popcount", mb1 / bw))
+                     ["portable popcount", "AVX2 byte masks", "AVX-512 VPOPCNTQ"][Int(ck_w1_path())], mb1 / bw))
         print("\n| M rows | zipar kernel ms | sgemm ms | M x sgemv ms | kernel x limit | sgemm / kernel | W8A8 ms | W8A8 x limit | W4A8 ms | W4A8 x limit | fp32 kernel / W4A8 | W1A8 ms | W1A8 x limit | fp32 kernel / W1A8 |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in Measure.skinnyProducts() {
             print(String(format: "| %d | %.1f | %.1f | %.1f | %.2f | %.2f | %.1f | %.2f | %.1f | %.2f | %.2f | %.2f | %.2f | %.2f |", r.rows, r.kernel, r.sgemm, r.sgemv, r.kernel / limit,

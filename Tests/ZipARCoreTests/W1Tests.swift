@@ -16,15 +16,18 @@ final class W1Tests: XCTestCase {
     /// The sign of (j, p) read straight from the contract: bit p%8 of byte p/8 of row j.
     static func sign(_ bits: [UInt8], _ j: Int, _ p: Int, cols k: Int) -> Int { (bits[j * k / 8 + p / 8] >> UInt8(p % 8)) & 1 == 1 ? 1 : -1 }
 
-    /// The paths to run: the portable one always, the AVX-512 one where the CPU has it.
+    /// The paths to run: the portable one always, AVX2 and AVX-512 where the CPU has them.
     func paths() -> [(level: Int32, name: String)] {
-        ck_qkernel_force(-1)
-        var out: [(Int32, String)] = [(0, "portable")]
-        if ck_w1_avx512() == 1 { out.append((-1, "avx512")) }
+        defer { ck_qkernel_force(-1) }
+        var out: [(Int32, String)] = []
+        for (level, name) in [(Int32(0), "portable"), (1, "avx2"), (-1, "avx512")] {
+            ck_qkernel_force(level)
+            if ck_w1_path() == (level < 0 ? 2 : level) { out.append((level, name)) }
+        }
         return out
     }
 
-    func testPlanesMatchTheBitsOfUOnBothPaths() {
+    func testPlanesMatchTheBitsOfUOnEveryPlanePath() {
         defer { ck_qkernel_force(-1) }
         var rng = RNG(seed: 21)
         let m = 3, k = 192
@@ -35,7 +38,7 @@ final class W1Tests: XCTestCase {
             let u = UInt64(Int(xq[i * k + p]) + 128)
             for b in 0..<8 where (u >> UInt64(b)) & 1 == 1 { want[(i * (k / 64) + p / 64) * 8 + b] |= 1 << UInt64(p % 64) }
         } }
-        for path in paths() {
+        for path in paths() where path.name != "avx2" {   // the AVX2 path reads xq and needs no planes
             ck_qkernel_force(path.level)
             var got = [UInt64](repeating: 0, count: m * k / 8)
             ck_w1_planes(xq, Int32(m), Int32(k), &got)
@@ -43,7 +46,7 @@ final class W1Tests: XCTestCase {
         }
     }
 
-    func testKernelMatchesIntegerReferenceOnBothPaths() {
+    func testKernelMatchesIntegerReferenceOnEveryPath() {
         defer { ck_qkernel_force(-1) }
         var rng = RNG(seed: 22)
         let ps = paths()
@@ -51,6 +54,9 @@ final class W1Tests: XCTestCase {
         var cases: [(m: Int, n: Int, k: Int)] = []
         for m in [1, 2, 3, 5, 8, 17] { for k in [64, 192, 320] { cases.append((m, 37, k)) } }
         cases.append((3, 1000, 320))   // large enough to be split across workers
+        // Past 4096 columns the AVX2 path widens its int16 sums block by block; row 0 (q = 127 everywhere)
+        // against weight row 0 (all +1) is the largest sum a block can hold.
+        cases.append((2, 9, 4160))
         for (m, n, k) in cases {
             let bits = Self.randomBits(rows: n, cols: k, rng: &rng)
             let alphas = (0..<n).map { _ in abs(rng.nextNormal()) * 0.02 + 1e-3 }

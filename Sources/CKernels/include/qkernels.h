@@ -47,12 +47,15 @@ void ck_qgemm_w8(const int8_t *xq, const float *sx, const int32_t *gsum, int m, 
      acc[i][j] = sum_p s[j,p] q[i,p] = 2*sum_{1-bits} q - sum q = 2*S1 - xsum[i] - 256*popc[j]   (exact)
    planes[(i*(k/64) + w)*8 + b] = plane b of u over columns 64w..64w+63 of row i (m*k bytes). */
 
-/* 1 when ck_qgemm_w1/ck_w1_planes take the AVX-512 VPOPCNTQ path (CPU support and ck_qkernel_level() == 2),
-   0 for the portable path (__builtin_popcountll); both give identical results. */
-int ck_w1_avx512(void);
+/* The path ck_qgemm_w1/ck_w1_planes take: 2 = AVX-512 VPOPCNTQ (CPU support and ck_qkernel_level() == 2),
+   1 = AVX2 byte masks (ck_qkernel_level() >= 1), 0 = portable (__builtin_popcountll); all give
+   identical results. The AVX2 path reads xq (acc = 2 * sum of q over the 1-bits - xsum) and no planes:
+   on it ck_w1_planes writes nothing. */
+int ck_w1_path(void);
 void ck_w1_planes(const int8_t *xq, int m, int k, uint64_t *planes);
-/* y[i*ldy + j] = (float)acc[i][j] * (alpha[j] * sx[i]) for i < m, j in [j0, j1); accOut as ck_qgemm_w8. */
-void ck_qgemm_w1(const uint64_t *planes, const float *sx, const int32_t *xsum, int m, int k,
+/* y[i*ldy + j] = (float)acc[i][j] * (alpha[j] * sx[i]) for i < m, j in [j0, j1); accOut as ck_qgemm_w8.
+   xq [m, k] in [-127, 127] (the AVX2 path's int16 sums rely on it); planes from ck_w1_planes(xq). */
+void ck_qgemm_w1(const int8_t *xq, const uint64_t *planes, const float *sx, const int32_t *xsum, int m, int k,
                  const uint64_t *bits, const int32_t *popc, const float *alpha, int j0, int j1,
                  float *y, int ldy, int32_t *accOut, int ldacc);
 

@@ -221,14 +221,14 @@ public final class QuantizedLinear {
         // W1 takes W8's activations (groupSize = k: gsum is the row sum the identity needs).
         ck_quantize_act(x, Int32(m), Int32(k), Int32(k), inputScale ?? 0, scheme == .w4a8dgq ? -128 : -127, Int32(groupSize), xq, sx, gsum)
         if scheme == .w1 {
-            // Planes once per call (m*k bytes), then output rows split across workers.
+            // Planes once per call (m*k bytes; the AVX2 path reads xq instead), then output rows split across workers.
             ck_w1_planes(xq, Int32(m), Int32(k), planes)
             let bits = UnsafeRawPointer(packed).assumingMemoryBound(to: UInt64.self)
             let chunks = n * k >= 1 << 18 ? min(4 * Parallel.threads, max(1, n / 64)) : 1
             Parallel.run(chunks: chunks) { part, parts, _ in
                 let r = Parallel.range(part, of: parts, n: n, align: 8)   // the kernel's 8-row tiles
                 guard !r.isEmpty else { return }
-                ck_qgemm_w1(planes, sx, gsum, Int32(m), Int32(k), bits, popcounts, rowScale, Int32(r.lowerBound), Int32(r.upperBound),
+                ck_qgemm_w1(xq, planes, sx, gsum, Int32(m), Int32(k), bits, popcounts, rowScale, Int32(r.lowerBound), Int32(r.upperBound),
                             y, Int32(n), acc, Int32(n))
             }
             return
