@@ -384,10 +384,11 @@ struct BenchCommand: ParsableCommand {
         print(String(format: "integer kernels (%@): W8A8 %.1f MB -> limit %.1f ms, W4A8 (DGQ, group 128) %.1f MB -> limit %.1f ms, W1A8 %.1f MB (%@) -> limit %.1f ms",
                      ["portable C", "AVX2", "AVX-512 VNNI"][Int(ck_qkernel_level())], mb8, mb8 / bw, mb4, mb4 / bw, mb1,
                      ["portable popcount", "AVX2 byte masks", "AVX-512 VPOPCNTQ"][Int(ck_w1_path())], mb1 / bw))
-        print("\n| M rows | zipar kernel ms | sgemm ms | M x sgemv ms | kernel x limit | sgemm / kernel | W8A8 ms | W8A8 x limit | W4A8 ms | W4A8 x limit | fp32 kernel / W4A8 | W1A8 ms | W1A8 x limit | fp32 kernel / W1A8 |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        print("\n| M rows | zipar kernel ms | sgemm ms | M x sgemv ms | kernel x limit | sgemm / kernel | W8A8 ms | W8A8 x limit | W4A8 ms | W4A8 x limit | fp32 kernel / W4A8 | W1A8 ms | W1A8 x limit | fp32 kernel / W1A8 | W1A8 portable ms | portable / W1A8 |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in Measure.skinnyProducts() {
-            print(String(format: "| %d | %.1f | %.1f | %.1f | %.2f | %.2f | %.1f | %.2f | %.1f | %.2f | %.2f | %.2f | %.2f | %.2f |", r.rows, r.kernel, r.sgemm, r.sgemv, r.kernel / limit,
-                         r.sgemm / r.kernel, r.w8, r.w8 / (mb8 / bw), r.w4, r.w4 / (mb4 / bw), r.kernel / r.w4, r.w1, r.w1 / (mb1 / bw), r.kernel / r.w1))
+            print(String(format: "| %d | %.1f | %.1f | %.1f | %.2f | %.2f | %.1f | %.2f | %.1f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |", r.rows, r.kernel, r.sgemm, r.sgemv, r.kernel / limit,
+                         r.sgemm / r.kernel, r.w8, r.w8 / (mb8 / bw), r.w4, r.w4 / (mb4 / bw), r.kernel / r.w4, r.w1, r.w1 / (mb1 / bw), r.kernel / r.w1,
+                         r.w1Portable, r.w1Portable / r.w1))
         }
         // Attention of a ZipAR pass: several queries per head over the same keys and values.
         let heads = 288, slots = 400, mb = Double(heads * slots * 64 * 4 * 2) / 1e6

@@ -83,7 +83,7 @@ extension Measure {
     /// x[M, k] · W[n, k]ᵀ for a weight far larger than the caches, three ways, in ms (median of `runs`):
     /// the streaming kernel (what decode passes use), one OpenBLAS sgemm, and M sgemv calls.
     public static func skinnyProducts(n: Int = 65536, k: Int = 768, rows: [Int] = [1, 2, 4, 6, 8, 16, 32, 64], runs: Int = 5)
-        -> [(rows: Int, kernel: Double, sgemm: Double, sgemv: Double, w8: Double, w4: Double, w1: Double)] {
+        -> [(rows: Int, kernel: Double, sgemm: Double, sgemv: Double, w8: Double, w4: Double, w1: Double, w1Portable: Double)] {
         var rng = RNG(seed: 3)
         let w = Tensor(shape: [n, k])
         for i in 0..<w.count { w.data[i] = rng.nextNormal() * 0.02 }
@@ -114,7 +114,9 @@ extension Measure {
              ms { for i in 0..<m { BLAS.matvec(w.data, x.data + i * k, y.data + i * n, n: n, k: k) } },
              ms { w8.apply(x.data, rows: m, into: y.data) },
              ms { w4.apply(x.data, rows: m, into: y.data) },
-             ms { w1.apply(x.data, rows: m, into: y.data) })
+             ms { w1.apply(x.data, rows: m, into: y.data) },
+             // The portable W1 path on the same machine: what the vector path gains.
+             { ck_qkernel_force(0); defer { ck_qkernel_force(-1) }; return ms { w1.apply(x.data, rows: m, into: y.data) } }())
         }
     }
 }
