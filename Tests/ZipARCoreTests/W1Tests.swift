@@ -263,3 +263,28 @@ final class W1Tests: XCTestCase {
         XCTAssertEqual(try logits(loaded, label: 1, tokens: tokens), try logits(gpt, label: 1, tokens: tokens))
     }
 }
+
+/// The shipped binarized model end to end: every W1 path this machine has (ZIPAR_QKERNEL_LEVEL caps the
+/// integer kernels) generates the same tokens, because all paths compute the same int32 sums.
+final class W1ModelPathTests: XCTestCase {
+    func testShippedW1ModelGeneratesTheSameTokensOnEveryPath() throws {
+        let model = Fixtures.packageRoot + "/models/default-w1"
+        let dir = try Fixtures.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var outputs: [Data] = []
+        var levels = ["0"]
+        ck_qkernel_force(-1)
+        if ck_qkernel_level() >= 1 { levels.append("1") }
+        if ck_w1_path() == 2 { levels.append("2") }
+        for level in levels {
+            let tokens = "\(dir)/tokens\(level).bin"
+            try runZipar(["generate", "--model", model, "--prompt", "a green triangle left of a purple diamond", "--seed", "3",
+                          "--window", "4", "--threads", "2", "--quiet", "-o", "\(dir)/img\(level).png", "--tokens-out", tokens],
+                         environment: ["ZIPAR_QKERNEL_LEVEL": level])
+            outputs.append(try Data(contentsOf: URL(fileURLWithPath: tokens)))
+        }
+        print("w1 model paths compared: levels \(levels)")
+        XCTAssertFalse(outputs[0].isEmpty)
+        for (i, o) in outputs.enumerated().dropFirst() { XCTAssertEqual(o, outputs[0], "level \(levels[i]) differs from the portable path") }
+    }
+}

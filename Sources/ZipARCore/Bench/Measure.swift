@@ -116,7 +116,8 @@ extension Measure {
              ms { w4.apply(x.data, rows: m, into: y.data) },
              ms { w1.apply(x.data, rows: m, into: y.data) },
              // The portable W1 path on the same machine: what the vector path gains.
-             { ck_qkernel_force(0); defer { ck_qkernel_force(-1) }; return ms { w1.apply(x.data, rows: m, into: y.data) } }())
+             { let level = ck_qkernel_level(); ck_qkernel_force(0); defer { ck_qkernel_force(level) }
+               return ms { w1.apply(x.data, rows: m, into: y.data) } }())
         }
     }
 }

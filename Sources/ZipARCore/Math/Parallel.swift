@@ -17,6 +17,10 @@ public enum Parallel {
     static let defaultThreads: Int = {
         // ZIPAR_NO_AVX512=1 keeps the decode kernels on AVX2 (to compare the two on one machine).
         if ProcessInfo.processInfo.environment["ZIPAR_NO_AVX512"] != nil { ck_avx512_enabled = 0 }
+        // ZIPAR_QKERNEL_LEVEL=0 or 1 caps the integer kernels (0 portable, 1 AVX2; to compare paths end to end).
+        if let level = ProcessInfo.processInfo.environment["ZIPAR_QKERNEL_LEVEL"].flatMap({ Int32($0) }), (0...2).contains(level) {
+            ck_qkernel_force(level)
+        }
         let n = max(1, ProcessInfo.processInfo.activeProcessorCount)
         ck_pool_start(Int32(n))
         return n
