@@ -469,7 +469,8 @@ def heldout_loss(cfg, gpt_sd, text_sd, heldout, batch=64):
     return total / len(tokens)
 
 
-def train_gpt(cfg, data, work, out, log, resume, seed, export_fn, heldout=None):
+def train_gpt(cfg, data, work, out, log, resume, seed, export_fn, heldout):
+    """Trains (or resumes) the GPT phase; returns the EMA weights and the info dict of the last export."""
     tokens, ids, masks = data
     path = os.path.join(work, "gpt.pt")
     torch.manual_seed(seed)
@@ -527,15 +528,13 @@ def train_gpt(cfg, data, work, out, log, resume, seed, export_fn, heldout=None):
                     path)
 
     def export(step, avg):
-        info = {"gpt_steps": step, "gpt_loss": round(avg, 4)}
-        if heldout is not None:
-            info["gpt_heldout_loss"] = round(heldout_loss(cfg, ema.shadow[0], ema.shadow[1], heldout), 4)
+        info = {"gpt_steps": step, "gpt_loss": round(avg, 4),
+                "gpt_heldout_loss": round(heldout_loss(cfg, ema.shadow[0], ema.shadow[1], heldout), 4)}
         export_fn(ema.shadow[0], ema.shadow[1], info)
-        log(f"gpt: exported EMA weights at step {step} to {out}" +
-            (f"; held-out loss {info['gpt_heldout_loss']:.4f}" if heldout is not None else ""))
+        log(f"gpt: exported EMA weights at step {step} to {out}; held-out loss {info['gpt_heldout_loss']:.4f}")
         return info
 
-    last_export = None
+    last_export, info = None, None
     while budget.progress(step) < 1:
         lr = cosine_lr(step - start, budget.progress(step), base_lr, cfg["gpt_warmup"])
         for g in opt.param_groups:
@@ -561,13 +560,13 @@ def train_gpt(cfg, data, work, out, log, resume, seed, export_fn, heldout=None):
         if step % cfg["ckpt_every"] == 0:
             checkpoint()
         if step % cfg["export_every"] == 0:
-            export(step, avg)
+            info = export(step, avg)
             last_export = step
     checkpoint()
     log(f"gpt: {step} steps in {budget.elapsed() / 60:.1f} min, loss (running mean) {avg:.4f}")
     if last_export != step:
-        export(step, avg)
-    return ema.shadow
+        info = export(step, avg)
+    return ema.shadow, info
 
 
 # ---------------------------------------------------------------------------------------------
@@ -853,11 +852,9 @@ def main(argv=None):
     if args.init_from:
         init_from_model(args.init_from, cfg, tok, work, log, args.seed)
     heldout = heldout_tokens(cfg, tok, args.seed)
-    shadow = train_gpt(cfg, data, work, args.out, log, args.resume or bool(args.init_from), args.seed, export_fn,
-                       heldout)
-    ck = torch.load(os.path.join(work, "gpt.pt"), weights_only=False)
-    info = {"gpt_steps": ck["step"], "gpt_loss": round(ck["loss"], 4),
-            "gpt_heldout_loss": round(heldout_loss(cfg, shadow[0], shadow[1], heldout), 4)}
+    # info: the final export's steps, loss and held-out loss
+    shadow, info = train_gpt(cfg, data, work, args.out, log, args.resume or bool(args.init_from), args.seed,
+                             export_fn, heldout)
     if "tune" in phases:
         grid = TINY_TUNE_GRID if args.tiny else TUNE_GRID
         sampling, results, acc = tune_sampling(args.out, cfg, log, args.seed, grid)
