@@ -120,6 +120,14 @@ static void w1_generic(const uint64_t *planes, const float *sx, const int32_t *x
 #ifdef W1_X86
 #define W1_INLINE static inline __attribute__((always_inline))
 #define W1_MAXMI 8
+/* Activation rows per tile: 8 at a time; a remainder is balanced so no tile is tiny (10 = 5+5). */
+W1_INLINE int w1_tile_rows(int left) {
+    return left <= W1_MAXMI ? left : (left < 2 * W1_MAXMI ? (left + 1) / 2 : W1_MAXMI);
+}
+/* A tile of 1-8 rows calls CALL(MI) with MI a constant, so each size compiles to its own unrolled loop. */
+#define W1_DISPATCH8(CALL) switch (mi) { \
+    case 1: CALL(1); break; case 2: CALL(2); break; case 3: CALL(3); break; case 4: CALL(4); break; \
+    case 5: CALL(5); break; case 6: CALL(6); break; case 7: CALL(7); break; default: CALL(8); break; }
 
 /* One weight row (the n % 8 rest) against MI activation rows: lane b of acc[r] counts plane b over the whole row,
    weighted by 2^b only once at the end. */
@@ -203,14 +211,10 @@ W1_AVX static void w1_avx512(const uint64_t *planes, const float *sx, const int3
     for (; j < j1; j++) {
         const uint64_t *wr = bits + (size_t)j * words;
         for (int i = 0; i < m;) {
-            /* Rows 8 at a time; a remainder is balanced so no tile is tiny (10 = 5+5). */
-            int left = m - i, mi = left <= W1_MAXMI ? left : (left < 2 * W1_MAXMI ? (left + 1) / 2 : W1_MAXMI);
+            int mi = w1_tile_rows(m - i);
 #define W1CALL(MI) w1_tile(MI, planes + (size_t)i * words * 8, sx + i, xsum + i, words, wr, popc[j], alpha[j], j, \
                            y + (size_t)i * ldy, ldy, accOut ? accOut + (size_t)i * ldacc : 0, ldacc)
-            switch (mi) {
-            case 1: W1CALL(1); break; case 2: W1CALL(2); break; case 3: W1CALL(3); break; case 4: W1CALL(4); break;
-            case 5: W1CALL(5); break; case 6: W1CALL(6); break; case 7: W1CALL(7); break; default: W1CALL(8); break;
-            }
+            W1_DISPATCH8(W1CALL)
 #undef W1CALL
             i += mi;
         }
@@ -274,13 +278,10 @@ W1_AVX2 static void w1_avx2(const int8_t *xq, const float *sx, const int32_t *xs
     for (int j = j0; j < j1; j++) {
         const uint64_t *wr = bits + (size_t)j * words;
         for (int i = 0; i < m;) {
-            int left = m - i, mi = left <= W1_MAXMI ? left : (left < 2 * W1_MAXMI ? (left + 1) / 2 : W1_MAXMI);
+            int mi = w1_tile_rows(m - i);
 #define W1CALL2(MI) w1_row_avx2(MI, xq + (size_t)i * k, sx + i, xsum + i, k, wr, alpha[j], j, y + (size_t)i * ldy, ldy, \
                                 accOut ? accOut + (size_t)i * ldacc : 0, ldacc)
-            switch (mi) {
-            case 1: W1CALL2(1); break; case 2: W1CALL2(2); break; case 3: W1CALL2(3); break; case 4: W1CALL2(4); break;
-            case 5: W1CALL2(5); break; case 6: W1CALL2(6); break; case 7: W1CALL2(7); break; default: W1CALL2(8); break;
-            }
+            W1_DISPATCH8(W1CALL2)
 #undef W1CALL2
             i += mi;
         }
