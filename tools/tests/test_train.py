@@ -285,6 +285,61 @@ def test_train_init_from_a_model_directory():
         assert r.returncode == 2 and "pick one" in r.stderr
 
 
+def test_grow_layers_keeps_the_function_and_trains_the_new_blocks():
+    """grow_layers deepens a GPT without changing its output (new blocks start as the identity), and
+    the new blocks' zeroed output matrices get gradients, so training can use them."""
+    import torch
+    from model import GPTArgs, Transformer
+    from train import grow_layers
+    torch.manual_seed(0)
+    args = GPTArgs(dim=32, n_layer=2, n_head=2, multiple_of=32, vocab_size=40, block_size=16, num_classes=1,
+                   class_dropout_prob=0.0, cls_token_num=4, caption_dim=8)
+    small = Transformer(args)
+    for p in small.parameters():  # no zero matrices, so a wrong copy would show
+        torch.nn.init.normal_(p, std=0.2)
+    big = grow_layers(small, GPTArgs(**{**args.__dict__, "n_layer": 4}))
+    assert len(big.layers) == 4
+    idx = torch.randint(0, 40, (2, 16))
+    cap, mask = torch.randn(2, 4, 8), torch.ones(2, 4, dtype=torch.bool)
+    small.eval(), big.eval()
+    with torch.no_grad():
+        a, _ = small(idx[:, :-1], cap, mask)
+        b, _ = big(idx[:, :-1], cap, mask)
+    assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+    assert torch.equal(big.layers[2].attention.wqkv.weight, small.layers[1].attention.wqkv.weight)
+    assert not big.layers[3].feed_forward.w2.weight.any()
+    big.train()
+    _, loss = big(idx[:, :-1], cap, mask, targets=idx)
+    loss.backward()
+    assert big.layers[3].feed_forward.w2.weight.grad.abs().sum() > 0
+    assert big.layers[3].attention.wo.weight.grad.abs().sum() > 0
+
+
+def test_train_init_from_deepens_with_gpt_layers():
+    """--init-from with --gpt-layers trains a deeper GPT from a shallower model directory; the
+    exported config has the new depth, and --resume without the flag keeps it."""
+    train = os.path.join(REPO, "tools", "train", "train.py")
+    with tempfile.TemporaryDirectory() as tmp:
+        src, out, work = os.path.join(tmp, "src"), os.path.join(tmp, "out"), os.path.join(tmp, "w2")
+        r = subprocess.run([sys.executable, train, "--tiny", "-o", src, "--work", os.path.join(tmp, "w1"), "--no-tune"],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        r = subprocess.run([sys.executable, train, "--tiny", "-o", out, "--work", work, "--init-from", src,
+                            "--gpt-layers", "3", "--gpt-steps", "2", "--no-tune"], capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        assert "grown from 1 to 3 layers" in r.stdout
+        assert json.load(open(os.path.join(out, "config.json")))["gpt"]["n_layer"] == 3
+        assert "layers.2.attention.wo.weight" in read_st(os.path.join(out, "gpt.safetensors"))
+        r = subprocess.run([sys.executable, train, "--tiny", "-o", out, "--work", work, "--resume", "--gpt-steps", "3",
+                            "--no-tune"], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and "has 3 layers" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+        assert json.load(open(os.path.join(out, "config.json")))["gpt"]["n_layer"] == 3
+        r = subprocess.run([sys.executable, train, "--tiny", "--gpt-layers", "0"], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 2 and "--gpt-layers" in r.stderr
+
+
 def test_text_features_count_word_positions_from_the_first_word():
     import torch
     from train import TextEmbedding, encode_prompt, WORD_ID

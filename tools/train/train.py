@@ -28,6 +28,7 @@ Losses go to stdout and to WORK/train.log.
 """
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -473,6 +474,12 @@ def train_gpt(cfg, data, work, out, log, resume, seed, export_fn, heldout):
     """Trains (or resumes) the GPT phase; returns the EMA weights and the info dict of the last export."""
     tokens, ids, masks = data
     path = os.path.join(work, "gpt.pt")
+    ck = torch.load(path, weights_only=False) if resume and os.path.exists(path) else None
+    if ck is not None:
+        depth = sum(1 for k in ck["gpt"] if k.endswith(".attention.wo.weight"))
+        if depth != cfg["gpt"].n_layer:  # a deepened model (--gpt-layers) resumed without the flag
+            log(f"gpt: the checkpoint has {depth} layers; training goes on with {depth}")
+            cfg["gpt"] = dataclasses.replace(cfg["gpt"], n_layer=depth)
     torch.manual_seed(seed)
     gpt = Transformer(cfg["gpt"])
     text = TextEmbedding(len(VOCAB), cfg["gpt"].caption_dim, cfg["gpt"].cls_token_num)
@@ -481,8 +488,7 @@ def train_gpt(cfg, data, work, out, log, resume, seed, export_fn, heldout):
     ema = EMA([gpt, text], 0.999)
     step, used, start, base_lr = 0, 0.0, 0, cfg["gpt_lr"]
     rng = np.random.default_rng(seed + 2)
-    if resume and os.path.exists(path):
-        ck = torch.load(path, weights_only=False)
+    if ck is not None:
         gpt.load_state_dict(ck["gpt"])
         old = "position_embedding.weight" not in ck["text"]
         no_context = "context_prev.weight" not in ck["text"]
@@ -516,7 +522,7 @@ def train_gpt(cfg, data, work, out, log, resume, seed, export_fn, heldout):
     n = len(tokens)
     n_params = sum(p.numel() for p in gpt.parameters())
     log(f"gpt: {n_params / 1e6:.2f}M parameters, {total} steps of {bs}, dataset {n}")
-    t0, s0, avg = time.time(), step, (ck["loss"] if resume and os.path.exists(path) else None)
+    t0, s0, avg = time.time(), step, (ck["loss"] if ck is not None else None)
     budget = Budget(total, cfg.get("gpt_minutes"), used, start)
     gpt.train()
 
@@ -652,6 +658,24 @@ def load_model_dir(path):
     return config, gpt.eval(), vq.eval(), text.eval()
 
 
+def grow_layers(gpt, args):
+    """A deeper GPT (args.n_layer) that computes exactly what `gpt` computes: its blocks first, then
+    copies of its last block with attention.wo and feed_forward.w2 zeroed, so each new block adds
+    nothing to the residual stream until training moves those two matrices. Copies rather than fresh
+    blocks: their norms and projections already read this residual stream."""
+    grown = Transformer(args)
+    sd = gpt.state_dict()
+    old = gpt.args.n_layer
+    for name, v in list(sd.items()):
+        if name.startswith(f"layers.{old - 1}."):
+            rest = name[len(f"layers.{old - 1}."):]
+            for i in range(old, args.n_layer):
+                zero = rest in ("attention.wo.weight", "feed_forward.w2.weight")
+                sd[f"layers.{i}.{rest}"] = torch.zeros_like(v) if zero else v.clone()
+    grown.load_state_dict(sd, strict=True)
+    return grown.eval() if not gpt.training else grown
+
+
 def init_from_model(src, cfg, tok, work, log, seed):
     """Warm start: writes WORK/dec.pt and WORK/gpt.pt from an exported model directory (models/default),
     so that training goes on in a later session from the committed model, when the checkpoints of
@@ -665,7 +689,10 @@ def init_from_model(src, cfg, tok, work, log, seed):
     except (OSError, ValueError) as e:
         raise SystemExit(f"--init-from {src}: cannot read its config.json ({e})")
     for part in ("gpt", "vq"):
-        if config.get(part) != cfg[part].config_json():
+        theirs, ours = dict(config.get(part) or {}), cfg[part].config_json()
+        if part == "gpt" and isinstance(theirs.get("n_layer"), int) and 0 < theirs["n_layer"] <= ours["n_layer"]:
+            theirs["n_layer"] = ours["n_layer"]  # --gpt-layers may deepen the model (grow_layers)
+        if theirs != ours:
             raise SystemExit(f"--init-from {src}: its {part} config {config.get(part)} is not this script's "
                              f"{cfg[part].config_json()}")
     if config.get("image_size") != cfg["image_size"]:
@@ -693,6 +720,9 @@ def init_from_model(src, cfg, tok, work, log, seed):
     # The training TextEmbedding has every table (from_tables fills the ones a file lacks with zeros).
     train_text = TextEmbedding(len(VOCAB), cfg["gpt"].caption_dim, cfg["gpt"].cls_token_num)
     train_text.load_state_dict(text.state_dict())
+    if gpt.args.n_layer < cfg["gpt"].n_layer:
+        log(f"init-from {src}: GPT grown from {gpt.args.n_layer} to {cfg['gpt'].n_layer} layers (identity at the start)")
+        gpt = grow_layers(gpt, cfg["gpt"])
     opt, position_group, context_group = gpt_optimizer(gpt, train_text, cfg["gpt_lr"])
     opt.add_param_group(position_group)
     opt.add_param_group(context_group)
@@ -786,6 +816,8 @@ def main(argv=None):
                          "runs the gpt phase (and tune) only")
     ap.add_argument("--dec-steps", type=int, help="decoder training steps")
     ap.add_argument("--dataset", type=int, help="number of tokenised training scenes")
+    ap.add_argument("--gpt-layers", type=int, help="GPT depth; with --init-from, a model with fewer layers is "
+                    "deepened (new blocks start as the identity); with --resume, the checkpoint's depth")
     for ph in ("gpt", "dec"):
         ap.add_argument(f"--{ph}-minutes", type=float,
                         help=f"time budget of the {ph} phase: it stops at its steps or after this many minutes, "
@@ -813,6 +845,10 @@ def main(argv=None):
                  ("gpt_lr", args.gpt_lr)):
         if a is not None:
             cfg[k] = a
+    if args.gpt_layers is not None:
+        if args.gpt_layers < 1:
+            ap.error(f"--gpt-layers must be at least 1, got {args.gpt_layers}")
+        cfg["gpt"] = dataclasses.replace(cfg["gpt"], n_layer=args.gpt_layers)
     work = args.work or (tempfile.mkdtemp(prefix="zipar-train-tiny-") if args.tiny else "/tmp/zipar-train")
     os.makedirs(work, exist_ok=True)
     cfg["work"] = work
