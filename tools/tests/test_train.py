@@ -255,6 +255,9 @@ def test_train_init_from_a_model_directory():
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
         steps = json.load(open(os.path.join(src, "config.json")))["training"]["gpt_steps"]
+        cfg = json.load(open(os.path.join(src, "config.json")))
+        cfg["sampling"] = {"cfg_scale": 2.5, "temperature": 1.0, "top_k": 0, "top_p": 0.8}  # as a tune might pick
+        json.dump(cfg, open(os.path.join(src, "config.json"), "w"))
         work2 = os.path.join(tmp, "w2")
         r = subprocess.run([sys.executable, train, "--tiny", "-o", out, "--work", work2, "--init-from", src,
                             "--gpt-steps", "2", "--gpt-lr", "0.02", "--no-tune"], capture_output=True, text=True, timeout=120)
@@ -262,6 +265,8 @@ def test_train_init_from_a_model_directory():
         assert f"GPT at step {steps}" in r.stdout and f"resuming at step {steps} (schedule from step {steps})" in r.stdout
         assert "dec step" not in r.stdout, "the decoder comes from the model directory"
         assert json.load(open(os.path.join(out, "config.json")))["training"]["gpt_steps"] == steps + 2
+        # without a tune phase the export keeps the source model's sampling
+        assert json.load(open(os.path.join(out, "config.json")))["sampling"] == cfg["sampling"]
         # the warm start's decoder is the model's, bit for bit
         a, b = read_st(os.path.join(src, "vq.safetensors")), read_st(os.path.join(out, "vq.safetensors"))
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)

@@ -87,6 +87,9 @@ TINY = {
     "tune_prompts": 2,
 }
 
+# Sampling of the exports made before the tune phase has run (see export_fn in main).
+DEFAULT_SAMPLING = {"cfg_scale": 1.5, "temperature": 1.0, "top_k": 0, "top_p": 0.9}
+
 # Sampling settings tried by the tune phase (cfg_scale, temperature, top_k, top_p).
 # Temperatures below 1 were tried on v3 with `zipar eval --n 100` and empty the canvas (objects are the
 # unlikely tokens of every row; cfg 1.5: temperature 0.7 -> 5%, 0.5 with top-p 0.9 -> 0%, 1.0 with top-p
@@ -877,12 +880,21 @@ def main(argv=None):
     if "gpt" not in phases:
         return
 
+    # Exports before the tune phase carry the --init-from model's sampling, else the setting the tune
+    # phase picked for every shipped model (v5-v10): LlamaGen's cfg 3.0 draws noise with these models.
+    export_sampling = dict(DEFAULT_SAMPLING)
+    if args.init_from:
+        try:
+            with open(os.path.join(args.init_from, "config.json")) as f:
+                export_sampling = {**export_sampling, **json.load(f).get("sampling", {})}
+        except (OSError, ValueError):
+            pass  # init_from_model reports an unreadable directory
+
     def export_fn(gpt_sd, text_sd, info, sampling=None):
         # The decoder as of now: with --only gpt the dec phase may still be training next door.
         vq, dec = load_decoder(cfg, tok, work, args.seed)
         dec_info = {"steps": dec.get("step", 0), "done": bool(dec.get("done")), **dec.get("stats", {})}
-        export_model(args.out, cfg, vq, gpt_sd, text_sd, sampling or {"cfg_scale": 3.0, "top_k": 0, "top_p": 1.0,
-                                                                     "temperature": 1.0},
+        export_model(args.out, cfg, vq, gpt_sd, text_sd, sampling or export_sampling,
                      {**info_base, "decoder": dec_info, **info, "minutes": round((time.time() - t_start) / 60, 1)})
 
     if args.init_from:
