@@ -60,7 +60,9 @@ FULL = {
     "image_size": 64,
     "vq": VQArgs(codebook_size=2048, codebook_embed_dim=16, decoder_ch_mult=[1, 1, 1], z_channels=64, ch=64,
                  num_res_blocks=0),
-    "gpt": GPTArgs(dim=192, n_layer=4, n_head=6, multiple_of=32, vocab_size=2048, block_size=256, num_classes=1,
+    # 6 layers since v11 (v1-v10 had 4; v11 is v10 deepened with --gpt-layers 6), so that
+    # --init-from models/default works without the flag.
+    "gpt": GPTArgs(dim=192, n_layer=6, n_head=6, multiple_of=32, vocab_size=2048, block_size=256, num_classes=1,
                    class_dropout_prob=0.1, cls_token_num=shapes.MAX_WORDS, caption_dim=64),
     "codebook_scenes": 8000,
     "dataset": 40000,
