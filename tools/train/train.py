@@ -678,7 +678,7 @@ def grow_layers(gpt, args):
                 zero = rest in ("attention.wo.weight", "feed_forward.w2.weight")
                 sd[f"layers.{i}.{rest}"] = torch.zeros_like(v) if zero else v.clone()
     grown.load_state_dict(sd, strict=True)
-    return grown.eval() if not gpt.training else grown
+    return grown.train(gpt.training)
 
 
 def init_from_model(src, cfg, tok, work, log, seed):
@@ -687,7 +687,7 @@ def init_from_model(src, cfg, tok, work, log, seed):
     the run that made it are gone. The weights are the exported EMA weights (the GPT in F16); the
     optimizer starts empty, so its learning-rate schedule starts again (warmup, then decay) from the
     model's step. The codebook is rebuilt from the seed, and checked here: the model's decoder must
-    still turn rebuilt codes into the scenes they encode."""
+    still turn rebuilt codes into the scenes they encode. Returns the model's sampling settings."""
     try:
         with open(os.path.join(src, "config.json")) as f:
             config = json.load(f)
@@ -742,6 +742,7 @@ def init_from_model(src, cfg, tok, work, log, seed):
                 os.path.join(work, "gpt.pt"))
     log(f"init-from {src}: GPT at step {step} (loss {info.get('gpt_loss')}), decoder at step "
         f"{dec_info.get('steps', 0)}; optimizer state starts empty")
+    return config.get("sampling", {})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -883,14 +884,8 @@ def main(argv=None):
         return
 
     # Exports before the tune phase carry the --init-from model's sampling, else the setting the tune
-    # phase picked for every shipped model (v5-v10): LlamaGen's cfg 3.0 draws noise with these models.
+    # phase picked for every shipped model (v5-v11): LlamaGen's cfg 3.0 draws noise with these models.
     export_sampling = dict(DEFAULT_SAMPLING)
-    if args.init_from:
-        try:
-            with open(os.path.join(args.init_from, "config.json")) as f:
-                export_sampling = {**export_sampling, **json.load(f).get("sampling", {})}
-        except (OSError, ValueError):
-            pass  # init_from_model reports an unreadable directory
 
     def export_fn(gpt_sd, text_sd, info, sampling=None):
         # The decoder as of now: with --only gpt the dec phase may still be training next door.
@@ -900,7 +895,7 @@ def main(argv=None):
                      {**info_base, "decoder": dec_info, **info, "minutes": round((time.time() - t_start) / 60, 1)})
 
     if args.init_from:
-        init_from_model(args.init_from, cfg, tok, work, log, args.seed)
+        export_sampling.update(init_from_model(args.init_from, cfg, tok, work, log, args.seed))
     heldout = heldout_tokens(cfg, tok, args.seed)
     # info: the final export's steps, loss and held-out loss
     shadow, info = train_gpt(cfg, data, work, args.out, log, args.resume or bool(args.init_from), args.seed,
