@@ -278,6 +278,8 @@ def test_train_init_from_a_model_directory():
         rates = [float(l.split(" lr ")[1].split()[0]) for l in r.stdout.splitlines() if "gpt step" in l]
         assert rates and max(rates) > 1.5e-3, r.stdout[-2000:]
         assert json.load(open(os.path.join(out, "config.json")))["training"]["gpt_steps"] == steps + 3
+        # ... and its export keeps the source model's sampling too
+        assert json.load(open(os.path.join(out, "config.json")))["sampling"] == cfg["sampling"]
         # another architecture is refused
         cfg = json.load(open(os.path.join(src, "config.json")))
         cfg["gpt"]["n_layer"] += 1

@@ -861,7 +861,7 @@ def main(argv=None):
     cfg["gpt_lr_given"] = args.gpt_lr is not None  # else --resume keeps the checkpoint's peak rate
     reuse = args.resume or bool(args.only) or bool(args.init_from)  # the codebook and tokens are seeded: reusable
     if not reuse:
-        for f in ("codebook.npz", "tokens.npz", "gpt.pt", "dec.pt"):
+        for f in ("codebook.npz", "tokens.npz", "gpt.pt", "dec.pt", "sampling.json"):
             if os.path.exists(os.path.join(work, f)):
                 os.remove(os.path.join(work, f))
     log = Logger(os.path.join(work, "train.log"))
@@ -894,8 +894,16 @@ def main(argv=None):
         export_model(args.out, cfg, vq, gpt_sd, text_sd, sampling or export_sampling,
                      {**info_base, "decoder": dec_info, **info, "minutes": round((time.time() - t_start) / 60, 1)})
 
+    # The --init-from model's sampling is kept in --work, so that a later --resume exports with it too.
+    sampling_path = os.path.join(work, "sampling.json")
     if args.init_from:
         export_sampling.update(init_from_model(args.init_from, cfg, tok, work, log, args.seed))
+        with open(sampling_path + ".tmp", "w") as f:
+            json.dump(export_sampling, f)
+        os.replace(sampling_path + ".tmp", sampling_path)
+    elif args.resume and os.path.exists(sampling_path):
+        with open(sampling_path) as f:
+            export_sampling.update(json.load(f))
     heldout = heldout_tokens(cfg, tok, args.seed)
     # info: the final export's steps, loss and held-out loss
     shadow, info = train_gpt(cfg, data, work, args.out, log, args.resume or bool(args.init_from), args.seed,
