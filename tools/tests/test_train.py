@@ -248,6 +248,7 @@ def test_train_init_from_a_model_directory():
     """--init-from continues training from an exported model (no checkpoints in --work): the rebuilt
     codebook is checked against the model's decoder, the step count goes on from the model's, and a
     model of another architecture is refused with a message."""
+    from train import DEFAULT_SAMPLING
     train = os.path.join(REPO, "tools", "train", "train.py")
     with tempfile.TemporaryDirectory() as tmp:
         src, out = os.path.join(tmp, "src"), os.path.join(tmp, "out")
@@ -280,6 +281,12 @@ def test_train_init_from_a_model_directory():
         assert json.load(open(os.path.join(out, "config.json")))["training"]["gpt_steps"] == steps + 3
         # ... and its export keeps the source model's sampling too
         assert json.load(open(os.path.join(out, "config.json")))["sampling"] == cfg["sampling"]
+        # a GPT trained from scratch in that work dir (--only gpt, no --resume) drops it
+        r = subprocess.run([sys.executable, train, "--tiny", "-o", out, "--work", work2, "--only", "gpt", "--gpt-steps",
+                            "1", "--no-tune"], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        assert not os.path.exists(os.path.join(work2, "sampling.json"))
+        assert json.load(open(os.path.join(out, "config.json")))["sampling"] == DEFAULT_SAMPLING
         # another architecture is refused
         cfg = json.load(open(os.path.join(src, "config.json")))
         cfg["gpt"]["n_layer"] += 1

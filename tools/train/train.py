@@ -861,7 +861,7 @@ def main(argv=None):
     cfg["gpt_lr_given"] = args.gpt_lr is not None  # else --resume keeps the checkpoint's peak rate
     reuse = args.resume or bool(args.only) or bool(args.init_from)  # the codebook and tokens are seeded: reusable
     if not reuse:
-        for f in ("codebook.npz", "tokens.npz", "gpt.pt", "dec.pt", "sampling.json"):
+        for f in ("codebook.npz", "tokens.npz", "gpt.pt", "dec.pt"):
             if os.path.exists(os.path.join(work, f)):
                 os.remove(os.path.join(work, f))
     log = Logger(os.path.join(work, "train.log"))
@@ -884,7 +884,7 @@ def main(argv=None):
         return
 
     # Exports before the tune phase carry the --init-from model's sampling, else the setting the tune
-    # phase picked for every shipped model (v5-v11): LlamaGen's cfg 3.0 draws noise with these models.
+    # phase picked for every shipped model (v5-v12): LlamaGen's cfg 3.0 draws noise with these models.
     export_sampling = dict(DEFAULT_SAMPLING)
 
     def export_fn(gpt_sd, text_sd, info, sampling=None):
@@ -904,6 +904,8 @@ def main(argv=None):
     elif args.resume and os.path.exists(sampling_path):
         with open(sampling_path) as f:
             export_sampling.update(json.load(f))
+    elif os.path.exists(sampling_path):
+        os.remove(sampling_path)  # a GPT trained from scratch (also --only gpt) has no source model
     heldout = heldout_tokens(cfg, tok, args.seed)
     # info: the final export's steps, loss and held-out loss
     shadow, info = train_gpt(cfg, data, work, args.out, log, args.resume or bool(args.init_from), args.seed,
