@@ -86,9 +86,9 @@ struct SamplingOptions: ParsableArguments {
     var cfgInterval: Int = -1
     @Option(help: "Keep the K most likely tokens (0 = off, 1 = greedy). Default 2000 or the model's.")
     var topK: Int?
-    @Option(help: "Nucleus sampling mass in (0, 1]. Default 1.0 (off).")
+    @Option(help: "Nucleus sampling mass in (0, 1]. Default 1.0 (off) or the model's.")
     var topP: Float?
-    @Option(help: "Softmax temperature. Default 1.0.")
+    @Option(help: "Softmax temperature. Default 1.0 or the model's.")
     var temperature: Float?
 
     func validate() throws {
