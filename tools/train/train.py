@@ -883,8 +883,9 @@ def main(argv=None):
     if "gpt" not in phases:
         return
 
-    # Exports before the tune phase carry the --init-from model's sampling, else the setting the tune
-    # phase picked for every shipped model (v5-v12): LlamaGen's cfg 3.0 draws noise with these models.
+    # Exports before the tune phase carry the --init-from model's sampling, else the setting every
+    # shipped model uses (v5-v13; for v10 and v13 the tune preferred top-p 0.95 by 1 and 3 of its 64
+    # prompts, and larger evals overruled it): LlamaGen's cfg 3.0 draws noise with these models.
     export_sampling = dict(DEFAULT_SAMPLING)
 
     def export_fn(gpt_sd, text_sd, info, sampling=None):
