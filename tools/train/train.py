@@ -884,7 +884,7 @@ def main(argv=None):
         return
 
     # Exports before the tune phase carry the --init-from model's sampling, else the setting every
-    # shipped model uses (v5-v13; for v10 and v13 the tune preferred top-p 0.95 by 1 and 3 of its 64
+    # shipped model uses (v5-v14; for v10 and v13 the tune preferred top-p 0.95 by 1 and 3 of its 64
     # prompts, and larger evals overruled it): LlamaGen's cfg 3.0 draws noise with these models.
     export_sampling = dict(DEFAULT_SAMPLING)
 
