@@ -181,7 +181,10 @@ struct EvalCommand: ParsableCommand {
             out["modes"] = modes.map { m -> [String: Any] in
                 var acc: [String: Any] = [:]
                 for (k, v) in m.score.accuracies { acc[k] = v ?? NSNull() }
-                var d: [String: Any] = ["decoding": m.name, "accuracy": acc, "seconds_per_image": m.seconds / count]
+                var byRelation: [String: Any] = [:]
+                for (r, v) in m.score.relationAccuracies { byRelation[r.rawValue] = v ?? NSNull() }
+                var d: [String: Any] = ["decoding": m.name, "accuracy": acc, "two_objects_by_relation": byRelation,
+                                        "seconds_per_image": m.seconds / count]
                 if !reference {
                     d["kv_cache"] = modelOptions.kvName(m.kv)
                     d["window"] = m.window
@@ -215,6 +218,17 @@ struct EvalCommand: ParsableCommand {
             let cells = m.score.accuracies.map { $0.value.map { String(format: "%.1f%%", 100 * $0) } ?? "-" }
             let passes = reference ? "-" : String(format: "%.0f", Double(m.passes) / count)
             print("| \(m.name) | " + cells.joined(separator: " | ") + " | \(passes) | " + String(format: "%.2f", m.seconds / count) + " |")
+        }
+        if modes.contains(where: { $0.score.twoObjects > 0 }) {
+            print("\ntwo-object prompts passed, by relation:\n")
+            print("| decoding | " + Relation.allCases.map(\.rawValue).joined(separator: " | ") + " |")
+            print("|---|" + String(repeating: "---|", count: Relation.allCases.count))
+            for m in modes {
+                let cells = m.score.relationAccuracies.map { r in
+                    r.value.map { String(format: "%.1f%% (%d)", 100 * $0, m.score.byRelation[r.relation]!.prompts) } ?? "-"
+                }
+                print("| \(m.name) | " + cells.joined(separator: " | ") + " |")
+            }
         }
         let s = modes.first?.score
         if let s {

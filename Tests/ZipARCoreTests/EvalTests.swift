@@ -213,6 +213,29 @@ final class EvalTests: XCTestCase {
     }
 
     /// Each kind of violation, made from rendered scenes, must fail the right clause and the prompt.
+    /// EvalScore tallies two-object prompts per relation: a scene drawn for one relation passes
+    /// under that relation and fails under its mirror image.
+    func testScoreCountsPromptsPerRelation() throws {
+        var score = EvalScore()
+        for (k, r) in Relation.allCases.enumerated() {
+            let p = try ShapePrompt(objects: [ShapeObject(.red, .circle), ShapeObject(.blue, .square)], relation: r)
+            let img = ShapeRenderer.render(p, seed: UInt64(k))
+            score.add(analyser.check(img, prompt: p))
+            let mirror: Relation = [.leftOf: .rightOf, .rightOf: .leftOf, .above: .below, .below: .above][r]!
+            let q = try ShapePrompt(objects: p.objects, relation: mirror)
+            XCTAssertEqual(analyser.check(img, prompt: q).relationKind, mirror)
+            if r == .leftOf || r == .above { score.add(analyser.check(img, prompt: q)) }
+        }
+        score.add(analyser.check(ShapeRenderer.render(try ShapePrompt.parse("a red circle"), seed: 1), prompt: try ShapePrompt.parse("a red circle")))
+        let got = score.relationAccuracies
+        XCTAssertEqual(got.map(\.relation), Relation.allCases)
+        // left of: 1 of 1 + the above scene read as "below" fails; right of: 1 + the left scene read as "right of" fails.
+        XCTAssertEqual(got.map(\.value), [1.0, 0.5, 1.0, 0.5])
+        XCTAssertEqual(Relation.allCases.map { score.byRelation[$0]!.prompts }, [1, 2, 1, 2])
+        XCTAssertEqual(score.twoObjects, 6)
+        XCTAssertNil(EvalScore().relationAccuracies[0].value)
+    }
+
     func testAnalyserRejectsViolations() throws {
         let twoObject = PromptSet.make(count: 48, seed: 2).filter { $0.prompt.relation != nil }
         XCTAssertEqual(twoObject.count, 32)

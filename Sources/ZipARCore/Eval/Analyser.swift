@@ -49,6 +49,8 @@ public struct ClauseResults: Equatable, Sendable {
     public var count: Bool
     /// Both objects present and their centroids in the named relation.
     public var relation: Bool?
+    /// The relation the prompt names (nil for one object): `EvalScore` tallies prompts per relation.
+    public var relationKind: Relation?
     /// The dominant colour is the named background.
     public var background: Bool?
     public var analysis: ImageAnalysis
@@ -137,7 +139,8 @@ public struct Analyser: Sendable {
         }
         let background = prompt.background.map { $0 == analysis.background }
         return ClauseResults(objects: clauses, count: found.count == prompt.objects.count,
-                             relation: relation, background: background, analysis: analysis)
+                             relation: relation, relationKind: relation == nil ? nil : prompt.relation,
+                             background: background, analysis: analysis)
     }
 
     // MARK: - Analysing pixels
@@ -412,6 +415,9 @@ public struct EvalScore: Sendable {
     public private(set) var relations = 0, relationsRight = 0
     public private(set) var backgrounds = 0, backgroundsRight = 0
     public private(set) var singleObject = 0, singleObjectPassed = 0, twoObjects = 0, twoObjectsPassed = 0
+    /// Two-object prompts and how many passed, per relation (v14 passed 18% of "left of" prompts and
+    /// 69% of "above" ones: horizontal relations are where its two-object prompts fail).
+    public private(set) var byRelation: [Relation: (prompts: Int, passed: Int)] = [:]
 
     public init() {}
 
@@ -432,6 +438,15 @@ public struct EvalScore: Sendable {
         } else {
             twoObjects += 1; if r.passed { twoObjectsPassed += 1 }
         }
+        if let kind = r.relationKind {
+            let t = byRelation[kind] ?? (0, 0)
+            byRelation[kind] = (t.prompts + 1, t.passed + (r.passed ? 1 : 0))
+        }
+    }
+
+    /// Pass rate of the two-object prompts of each relation, in grammar order (nil: no such prompt).
+    public var relationAccuracies: [(relation: Relation, value: Double?)] {
+        Relation.allCases.map { r in (r, byRelation[r].flatMap { $0.prompts == 0 ? nil : Double($0.passed) / Double($0.prompts) }) }
     }
 
     /// The reported accuracies, in report order: (key, fraction or nil when no prompt had that clause).
