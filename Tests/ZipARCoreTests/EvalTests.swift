@@ -420,62 +420,6 @@ final class EvalCommandTests: XCTestCase {
         XCTAssertEqual(Array(UnsafeBufferPointer(start: same.data, count: length * dim)), Array(UnsafeBufferPointer(start: plain.data, count: length * dim)))
     }
 
-    /// "X right of Y [on ...]" is read as "Y left of X [on ...]" (the same scene); the cases match
-    /// train.py's swap_relations (pytest test_swap_relations_mirrors_the_objects).
-    func testPromptEncoderSwapsRelations() throws {
-        let vocab = ["<pad>", "a", "red", "blue", "circle", "square", "left", "right", "of", "above", "below", "on", "green", "background"]
-        let dim = 2, length = 12
-        let table = Tensor(shape: [vocab.count, dim], values: (0..<(vocab.count * dim)).map { Float($0) })
-        let positions = Tensor(shape: [length, dim], values: (0..<(length * dim)).map { Float($0) * 100 })
-        let enc = PromptEncoder(vocab: vocab, embedding: table, positions: positions,
-                                swaps: [(["right", "of"], ["left", "of"]), (["below"], ["above"])], length: length)
-        let cases = [
-            "a red circle right of a blue square on a green background": "a blue square left of a red circle on a green background",
-            "a red circle below a blue square": "a blue square above a red circle",
-            "a red circle left of a blue square": "a red circle left of a blue square",
-            "a red circle": "a red circle",
-            "right of a blue square": "right of a blue square",
-            "a red circle right of": "a red circle right of",
-            "a red circle below on a green background": "a red circle below on a green background",
-        ]
-        for (typed, read) in cases {
-            XCTAssertEqual(enc.swapRelations(typed.split(separator: " ").map(String.init)).joined(separator: " "), read, typed)
-            XCTAssertEqual(try enc.tokenize(typed), try enc.tokenize(read))
-        }
-        let a = try enc.encode("A red circle  BELOW a blue square").features, b = try enc.encode("a blue square above a red circle").features
-        XCTAssertEqual(Array(UnsafeBufferPointer(start: a.data, count: length * dim)), Array(UnsafeBufferPointer(start: b.data, count: length * dim)))
-        // Without swaps (models trained before them) the prompt is read as typed.
-        let plain = PromptEncoder(vocab: vocab, embedding: table, length: length)
-        XCTAssertNotEqual(try plain.tokenize("a red circle below a blue square"), try plain.tokenize("a blue square above a red circle"))
-    }
-
-    /// config.json "text" "swap_relations" is read into the encoder; malformed tables are one clear error.
-    func testPromptEncoderReadsSwapsFromConfig() throws {
-        let dir = try Fixtures.tempDir()
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let gpt = try Fixtures.json("llamagen/gpt_t2i_tiny.config.json"), vq = try Fixtures.json("llamagen/vq_tiny.config.json")
-        try FileManager.default.copyItem(atPath: try Fixtures.path("llamagen/gpt_t2i_tiny.weights.safetensors"), toPath: dir + "/gpt.safetensors")
-        try FileManager.default.copyItem(atPath: try Fixtures.path("llamagen/vq_tiny.weights.safetensors"), toPath: dir + "/vq.safetensors")
-        let words = ["<pad>", "a", "red", "blue", "circle", "square", "left", "right", "of", "above", "below"]
-        try (words.joined(separator: "\n") + "\n").write(toFile: dir + "/text_vocab.txt", atomically: true, encoding: .utf8)
-        let dim = try XCTUnwrap(gpt["caption_dim"] as? Int)
-        try SafeTensorsWriter.write([.f32("embedding.weight", Tensor(shape: [words.count, dim]))], to: dir + "/text.safetensors")
-        func load(_ text: Any?) throws -> PromptEncoder {
-            var config: [String: Any] = ["gpt": gpt, "vq": vq]
-            config["text"] = text
-            try JSONSerialization.data(withJSONObject: config).write(to: URL(fileURLWithPath: dir + "/config.json"))
-            return try PromptEncoder.load(ModelDirectory(path: dir))
-        }
-        XCTAssertTrue(try load(nil).swaps.isEmpty)
-        let enc = try load(["swap_relations": ["right of": "left of", "below": "above"]])
-        XCTAssertEqual(enc.swaps.map { $0.phrase }, [["below"], ["right", "of"]])
-        XCTAssertEqual(try enc.tokenize("a red circle below a blue square"), try enc.tokenize("a blue square above a red circle"))
-        for bad: Any in [["swap_relations": ["below": "under"]], ["swap_relations": ["below": 3]], ["swap_relations": ["": "above"]],
-                         ["swap_relations": ["below", "above"]], "swap"] {
-            XCTAssertThrowsError(try load(bad)) { XCTAssertTrue("\($0)".contains("swap_relations"), "\($0)") }
-        }
-    }
-
     func testTinyModelAllModesSameSeeds() throws {
         let dir = try Fixtures.tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }

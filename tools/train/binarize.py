@@ -325,9 +325,6 @@ def main(argv=None):
     for p in teacher.parameters():
         p.requires_grad_(False)
     tokens, ids, masks = load_data(args, config, log)
-    swaps = config.get("text", {}).get("swap_relations")
-    if swaps:  # the stored ids are the prompts as written; the base model reads them mirrored
-        ids = train.swap_relation_ids(ids, masks, swaps)
     torch.manual_seed(args.seed)
     _, student, _, _ = train.load_model_dir(args.base)
     binarizer = Binarizer()

@@ -162,48 +162,12 @@ TEXT_OPTIONAL = ("position_embedding.weight", "context_prev.weight", "context_ne
 WORD_ID = {w: i for i, w in enumerate(VOCAB)}
 
 
-# Relations the text encoder reads as their mirror image, with the objects swapped: "X right of Y
-# [on ...]" is encoded as "Y left of X [on ...]" (the same scene: a relation is symmetric in the
-# grammar). Why: the GPT reads the caption only as an average of its rows, and which object goes
-# left (or on top) was a function of the relation word and of the word order together; v14 drew
-# "left of" and "above" prompts more often right than "right of" and "below" ones, and the mirrored
-# forms were half of its two-object training prompts. Written to config.json ("text":
-# {"swap_relations": ...}), where zipar's PromptEncoder reads it; models without it encode as typed.
-SWAP_RELATIONS = {"right of": "left of", "below": "above"}
-
-
-def swap_relations(words, swaps):
-    """The words of a prompt with its first relation phrase found in `swaps` mirrored: the words
-    before it and those after it (up to "on", where the background clause starts) trade places.
-    A prompt with nothing on either side of the phrase stays as it is."""
-    for i in range(1, len(words)):
-        for rel in sorted(swaps):  # the order zipar's PromptEncoder tries them in
-            r, mirror = rel.split(), swaps[rel]
-            if words[i:i + len(r)] == r:
-                rest = words[i + len(r):]
-                cut = rest.index("on") if "on" in rest else len(rest)
-                return words if cut == 0 else rest[:cut] + mirror.split() + words[:i] + rest[cut:]
-    return words
-
-
-def encode_prompt(prompt, length, swaps=None):
-    """Word ids left-padded to `length` with 0, and the mask (True on word positions); with `swaps`
-    (config.json "text" "swap_relations"), the relation mirrored first (swap_relations)."""
-    ids = [WORD_ID[w] for w in swap_relations(prompt.lower().split(), swaps or {})]
+def encode_prompt(prompt, length):
+    """Word ids left-padded to `length` with 0, and the mask (True on word positions)."""
+    ids = [WORD_ID[w] for w in prompt.lower().split()]
     assert len(ids) <= length, prompt
     pad = length - len(ids)
     return [0] * pad + ids, [False] * pad + [True] * len(ids)
-
-
-def swap_relation_ids(ids, masks, swaps):
-    """swap_relations on a dataset's left-padded word ids [N, length] (the masks stay: same lengths)."""
-    out = ids.copy()
-    for n in range(len(ids)):
-        words = [VOCAB[i] for i in ids[n][masks[n]]]
-        swapped = swap_relations(words, swaps)
-        if swapped != words:
-            out[n][masks[n]] = [WORD_ID[w] for w in swapped]
-    return out
 
 
 class TextEmbedding(torch.nn.Module):
@@ -488,7 +452,7 @@ def heldout_tokens(cfg, tok, seed):
     the GPT starts to learn the training scenes instead of the grammar (v9: 0.068 on training scenes,
     0.084 on fresh ones, after 18 passes over 40000 scenes)."""
     imgs, scenes = batch_images(np.random.default_rng(seed + 9), cfg["heldout"], cfg["image_size"])
-    enc = [encode_prompt(s["prompt"], cfg["gpt"].cls_token_num, cfg["swap_relations"]) for s in scenes]
+    enc = [encode_prompt(s["prompt"], cfg["gpt"].cls_token_num) for s in scenes]
     return (tok.encode(imgs).astype(np.int16), np.array([e[0] for e in enc], np.int16),
             np.array([e[1] for e in enc], bool))
 
@@ -555,8 +519,6 @@ def train_gpt(cfg, data, work, out, log, resume, seed, export_fn, heldout):
             base_lr = ck.get("lr", base_lr)  # the schedule's peak, as --init-from or the first run set it
         rng.bit_generator.state = ck["rng"]
         torch.set_rng_state(ck["torch_rng"])
-        if cfg.get("restart_schedule"):  # a warm restart that keeps AdamW's moments (v15)
-            start, used, base_lr = step, 0.0, cfg["gpt_lr"]
         log(f"gpt: resuming at step {step}" + (f" (schedule from step {start})" if start else ""))
     else:
         opt.add_param_group(position_group)
@@ -661,7 +623,7 @@ def export_model(out, cfg, vq, gpt_sd, text_sd, sampling, info):
             json.dump(shapes.grammar_json(), f, indent=1)
             f.write("\n")
         return {"name": cfg["name"], "gpt": cfg["gpt"].config_json(), "vq": cfg["vq"].config_json(),
-                "text": {"swap_relations": cfg["swap_relations"]}, "sampling": sampling, "image_size": cfg["image_size"], "training": info}
+                "sampling": sampling, "image_size": cfg["image_size"], "training": info}
 
     export_dir(out, text_sd, write)
 
@@ -804,7 +766,7 @@ def sample_images(config, gpt, vq, text, prompts, setting, seed, batch=48):
     imgs = []
     for s in range(0, len(prompts), batch):
         chunk = prompts[s:s + batch]
-        enc = [encode_prompt(p, T, config.get("text", {}).get("swap_relations")) for p in chunk]
+        enc = [encode_prompt(p, T) for p in chunk]
         ids = torch.tensor([e[0] for e in enc])
         mask = torch.tensor([e[1] for e in enc])
         with torch.no_grad():
@@ -866,9 +828,6 @@ def main(argv=None):
         ap.add_argument(f"--{ph}-minutes", type=float,
                         help=f"time budget of the {ph} phase: it stops at its steps or after this many minutes, "
                              "whichever comes first, with the learning-rate schedule following the larger fraction")
-    ap.add_argument("--restart-schedule", action="store_true",
-                    help="with --resume: a new warmup and cosine schedule from the checkpoint's step (peak --gpt-lr, "
-                         "over --gpt-steps / --gpt-minutes), keeping the weights, optimizer state and EMA")
     ap.add_argument("--export-every", type=int, help="export the EMA model every N GPT steps")
     ap.add_argument("--no-tune", action="store_true", help="skip the sampling-settings search")
     args = ap.parse_args(argv)
@@ -882,8 +841,6 @@ def main(argv=None):
         if args.only and "dec" in phases:
             ap.error("--init-from takes the decoder from the model directory; it does not train the dec phase")
         phases.discard("dec")
-    if args.restart_schedule and not (args.resume and args.gpt_lr):
-        ap.error("--restart-schedule restarts the schedule of a --resume run at the peak rate --gpt-lr; give both")
     if args.no_tune:
         phases.discard("tune")
 
@@ -902,8 +859,6 @@ def main(argv=None):
     os.makedirs(work, exist_ok=True)
     cfg["work"] = work
     cfg["gpt_lr_given"] = args.gpt_lr is not None  # else --resume keeps the checkpoint's peak rate
-    cfg["restart_schedule"] = args.restart_schedule
-    cfg["swap_relations"] = dict(SWAP_RELATIONS)
     reuse = args.resume or bool(args.only) or bool(args.init_from)  # the codebook and tokens are seeded: reusable
     if not reuse:
         for f in ("codebook.npz", "tokens.npz", "gpt.pt", "dec.pt"):
@@ -923,8 +878,6 @@ def main(argv=None):
                            args.seed)
     info_base = {"image_size": cfg["image_size"], "dataset": cfg["dataset"], "gpt_batch": cfg["gpt_batch"],
                  "dec_batch": cfg["dec_batch"], "tokenizer": {k: round(v, 4) for k, v in tok_stats.items()}}
-    if data is not None:  # the stored ids are the prompts as written; the GPT reads them mirrored
-        data = (data[0], swap_relation_ids(data[1], data[2], cfg["swap_relations"]), data[2])
     if "dec" in phases:
         _, dec_stats = train_decoder(cfg, tok, work, log, args.resume, args.seed)
     if "gpt" not in phases:

@@ -12,9 +12,6 @@ import Foundation
 /// then add W_prev @ row(i-1) + W_next @ row(i+1) to each word row (pad rows are zero): the image
 /// tokens see only a sum over the caption rows, and with its neighbours in the row "circle" carries
 /// "green", so the colour-shape pair is one feature instead of two words bound by position.
-/// Optional relation swaps (config.json `"text": {"swap_relations": {"right of": "left of", ...}}`,
-/// v15 on): "X right of Y [on ...]" is encoded as "Y left of X [on ...]", the same scene, so the
-/// GPT only ever reads one word order per axis (see `swapRelations`).
 /// A prompt becomes caption features the way LlamaGen's t2i script lays out T5 features:
 /// left-padded to cls_token_num rows, pad rows zero, mask 1 on the word rows.
 public struct PromptEncoder {
@@ -25,8 +22,6 @@ public struct PromptEncoder {
     public let length: Int                // cls_token_num
     public let context_prev: Tensor?      // [caption_dim, caption_dim]; nil in models trained without it
     public let context_next: Tensor?
-    /// (phrase, mirror) word lists, sorted by phrase; empty in models trained without swaps.
-    public let swaps: [(phrase: [String], mirror: [String])]
 
     public static func load(_ dir: ModelDirectory) throws -> PromptEncoder {
         let vocabPath = dir.path + "/text_vocab.txt", weightsPath = dir.path + "/text.safetensors"
@@ -48,34 +43,15 @@ public struct PromptEncoder {
             throw ZipARError("\(weightsPath): context_prev.weight and context_next.weight come together; it has only one")
         }
         return PromptEncoder(vocab: words, embedding: table, positions: positions, context: context[0].map { ($0, context[1]!) },
-                             swaps: try readSwaps(dir, vocab: Set(words.dropFirst().map { $0.lowercased() })),
                              length: dir.gpt.cls_token_num)
     }
 
-    /// config.json "text" "swap_relations": phrase -> mirrored phrase, every word in the vocabulary.
-    private static func readSwaps(_ dir: ModelDirectory, vocab: Set<String>) throws -> [(phrase: [String], mirror: [String])] {
-        guard let text = dir.raw["text"] else { return [] }
-        let bad = ZipARError("\(dir.path)/config.json: \"text\" must be {\"swap_relations\": {phrase: phrase, ...}} with phrases of words from text_vocab.txt")
-        guard let section = text as? [String: Any] else { throw bad }
-        guard let table = section["swap_relations"] else { return [] }
-        guard let pairs = table as? [String: Any] else { throw bad }
-        return try pairs.keys.sorted().map { key in
-            let phrase = key.lowercased().split(separator: " ").map(String.init)
-            guard let value = pairs[key] as? String else { throw bad }
-            let mirror = value.lowercased().split(separator: " ").map(String.init)
-            guard !phrase.isEmpty, !mirror.isEmpty, (phrase + mirror).allSatisfy(vocab.contains) else { throw bad }
-            return (phrase, mirror)
-        }
-    }
-
-    public init(vocab: [String], embedding: Tensor, positions: Tensor? = nil, context: (prev: Tensor, next: Tensor)? = nil,
-                swaps: [(phrase: [String], mirror: [String])] = [], length: Int) {
+    public init(vocab: [String], embedding: Tensor, positions: Tensor? = nil, context: (prev: Tensor, next: Tensor)? = nil, length: Int) {
         self.vocab = vocab
         self.embedding = embedding
         self.position_embedding = positions
         self.context_prev = context?.prev
         self.context_next = context?.next
-        self.swaps = swaps.sorted { $0.phrase.joined(separator: " ") < $1.phrase.joined(separator: " ") }
         self.length = length
         var idx: [String: Int] = [:]
         for (i, w) in vocab.enumerated() where i > 0 { idx[w.lowercased()] = i }
@@ -91,24 +67,7 @@ public struct PromptEncoder {
             throw ZipARError("unknown word\(unknown.count > 1 ? "s" : "") \(unknown.map { "'\($0)'" }.joined(separator: ", ")); the vocabulary is: \(vocab.dropFirst().joined(separator: " "))")
         }
         guard words.count <= length else { throw ZipARError("the prompt has \(words.count) words; this model takes at most \(length)") }
-        return swapRelations(words).map { index[$0]! }
-    }
-
-    /// The words with their first relation phrase from `swaps` mirrored: the words before it and the
-    /// words after it (up to "on", where the background clause starts) trade places. Why: the GPT
-    /// reads the caption only as an average of its rows, and v14 placed the objects of "left of" and
-    /// "above" prompts right more often than those of "right of" and "below", which then had to be
-    /// read with the object order reversed. A phrase with nothing on either side stays as typed.
-    /// Same rule as train.py's swap_relations.
-    public func swapRelations(_ words: [String]) -> [String] {
-        for i in words.indices.dropFirst() {
-            for (phrase, mirror) in swaps where words[i...].starts(with: phrase) {
-                let rest = Array(words[(i + phrase.count)...])
-                let cut = rest.firstIndex(of: "on") ?? rest.count
-                return cut == 0 ? words : Array(rest[..<cut]) + mirror + Array(words[..<i]) + Array(rest[cut...])
-            }
-        }
-        return words
+        return words.map { index[$0]! }
     }
 
     /// Caption features [length, caption_dim] and mask, left-padded.
