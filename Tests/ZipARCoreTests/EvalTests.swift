@@ -212,7 +212,6 @@ final class EvalTests: XCTestCase {
         }
     }
 
-    /// Each kind of violation, made from rendered scenes, must fail the right clause and the prompt.
     /// EvalScore tallies two-object prompts per relation: a scene drawn for one relation passes
     /// under that relation and fails under its mirror image.
     func testScoreCountsPromptsPerRelation() throws {
@@ -229,13 +228,15 @@ final class EvalTests: XCTestCase {
         score.add(analyser.check(ShapeRenderer.render(try ShapePrompt.parse("a red circle"), seed: 1), prompt: try ShapePrompt.parse("a red circle")))
         let got = score.relationAccuracies
         XCTAssertEqual(got.map(\.relation), Relation.allCases)
-        // left of: 1 of 1 + the above scene read as "below" fails; right of: 1 + the left scene read as "right of" fails.
+        // Each relation's own scene passes; the "left of" scene read as "right of" and the "above"
+        // scene read as "below" fail. The single-object prompt counts for no relation.
         XCTAssertEqual(got.map(\.value), [1.0, 0.5, 1.0, 0.5])
         XCTAssertEqual(Relation.allCases.map { score.byRelation[$0]!.prompts }, [1, 2, 1, 2])
         XCTAssertEqual(score.twoObjects, 6)
         XCTAssertNil(EvalScore().relationAccuracies[0].value)
     }
 
+    /// Each kind of violation, made from rendered scenes, must fail the right clause and the prompt.
     func testAnalyserRejectsViolations() throws {
         let twoObject = PromptSet.make(count: 48, seed: 2).filter { $0.prompt.relation != nil }
         XCTAssertEqual(twoObject.count, 32)
