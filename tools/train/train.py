@@ -66,6 +66,9 @@ FULL = {
                    class_dropout_prob=0.1, cls_token_num=shapes.MAX_WORDS, caption_dim=64),
     "codebook_scenes": 8000,
     "dataset": 40000,
+    # GPT scenes (training and held-out, not the codebook's) begin the left object of a side-by-side
+    # pair first in raster order (shapes.sample_scene); v15 on, see models/README.
+    "left_first": True,
     "heldout": 512,  # fresh scenes for the held-out loss, logged at each export
     "dec_steps": 6000, "dec_batch": 16, "dec_lr": 2e-3, "dec_minutes": 60,
     "gpt_steps": 3000, "gpt_batch": 32, "gpt_lr": 1e-3, "gpt_warmup": 100, "gpt_minutes": 60,
@@ -82,6 +85,7 @@ TINY = {
                    class_dropout_prob=0.1, cls_token_num=shapes.MAX_WORDS, caption_dim=16),
     "codebook_scenes": 8,
     "dataset": 32,
+    "left_first": True,
     "heldout": 8,
     "dec_steps": 2, "dec_batch": 4, "dec_lr": 2e-3,
     "gpt_steps": 4, "gpt_batch": 4, "gpt_lr": 1e-3, "gpt_warmup": 2,
@@ -224,8 +228,8 @@ class TextEmbedding(torch.nn.Module):
 # ---------------------------------------------------------------------------------------------
 # Phase 1: codebook (the tokenizer, see patches.py)
 
-def batch_images(rng, n, size):
-    scenes = [shapes.sample_scene(rng, size) for _ in range(n)]
+def batch_images(rng, n, size, left_first=False):
+    scenes = [shapes.sample_scene(rng, size, left_first=left_first) for _ in range(n)]
     return np.stack([shapes.render(s) for s in scenes]), scenes
 
 
@@ -266,6 +270,10 @@ def make_tokens(cfg, tok, work, log, resume, seed):
     old = None
     if resume and os.path.exists(path):
         d = np.load(path)
+        made_left_first = bool(d["left_first"]) if "left_first" in d else False
+        if made_left_first != cfg["left_first"]:
+            raise SystemExit(f"{path} was made with left_first={made_left_first}, this config has "
+                             f"{cfg['left_first']}: delete it or use another --work")
         old = d["tokens"], d["ids"], d["mask"]
         if len(old[0]) >= n:
             log(f"tokens: {len(old[0])} sequences (resumed)" + (f", training on the first {n}" if len(old[0]) > n else ""))
@@ -273,12 +281,12 @@ def make_tokens(cfg, tok, work, log, resume, seed):
     rng = np.random.default_rng(seed + 1)
     have = 0 if old is None else len(old[0])
     for _ in range(have):
-        shapes.sample_scene(rng, size)  # the scenes tokens.npz holds already
+        shapes.sample_scene(rng, size, left_first=cfg["left_first"])  # the scenes tokens.npz holds already
     toks, ids, masks = [], [], []
     t0 = time.time()
     chunk = 256
     for start in range(have, n, chunk):
-        imgs, scenes = batch_images(rng, min(chunk, n - start), size)
+        imgs, scenes = batch_images(rng, min(chunk, n - start), size, cfg["left_first"])
         toks.append(tok.encode(imgs).astype(np.int16))
         for s in scenes:
             i, m = encode_prompt(s["prompt"], T)
@@ -289,7 +297,7 @@ def make_tokens(cfg, tok, work, log, resume, seed):
     tokens = np.concatenate(([old[0]] if old else []) + toks)
     ids = np.concatenate(([old[1]] if old else []) + [np.array(ids, np.int16)])
     masks = np.concatenate(([old[2]] if old else []) + [np.array(masks, bool)])
-    np.savez(path + ".tmp.npz", tokens=tokens, ids=ids, mask=masks)
+    np.savez(path + ".tmp.npz", tokens=tokens, ids=ids, mask=masks, left_first=cfg["left_first"])
     os.replace(path + ".tmp.npz", path)
     log(f"tokens: {n} sequences of {tokens.shape[1]} tokens ({n - have} new) in {time.time() - t0:.0f}s; "
         f"{len(np.unique(tokens))} distinct codes")
@@ -451,7 +459,7 @@ def heldout_tokens(cfg, tok, seed):
     """Scenes from their own stream (seed + 9), never in the training set: the held-out loss shows when
     the GPT starts to learn the training scenes instead of the grammar (v9: 0.068 on training scenes,
     0.084 on fresh ones, after 18 passes over 40000 scenes)."""
-    imgs, scenes = batch_images(np.random.default_rng(seed + 9), cfg["heldout"], cfg["image_size"])
+    imgs, scenes = batch_images(np.random.default_rng(seed + 9), cfg["heldout"], cfg["image_size"], cfg["left_first"])
     enc = [encode_prompt(s["prompt"], cfg["gpt"].cls_token_num) for s in scenes]
     return (tok.encode(imgs).astype(np.int16), np.array([e[0] for e in enc], np.int16),
             np.array([e[1] for e in enc], bool))
