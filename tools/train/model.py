@@ -212,30 +212,36 @@ class Transformer(nn.Module):
         nn.init.constant_(self.output.weight, 0)
 
     @staticmethod
-    def build_mask(emb_mask, seq_len):
-        """LlamaGen's t2i mask: causal, prefix key columns ANDed with the caption mask, diagonal
-        forced true. emb_mask [B, T] bool -> [B, 1, S, S] bool."""
+    def build_mask(emb_mask, seq_len, visible=None):
+        """LlamaGen's t2i mask: causal (or `visible` [B, 1, S, S], see nextset.py), prefix key columns
+        ANDed with the caption mask, diagonal forced true. emb_mask [B, T] bool -> [B, 1, S, S] bool."""
         B, T = emb_mask.shape
-        m = torch.tril(torch.ones(seq_len, seq_len, dtype=torch.bool)).unsqueeze(0).repeat(B, 1, 1)
+        if visible is None:
+            m = torch.tril(torch.ones(seq_len, seq_len, dtype=torch.bool)).unsqueeze(0).repeat(B, 1, 1)
+        else:
+            m = visible[:, 0].clone()
         m[:, :, :T] &= emb_mask[:, None, :]
         idx = torch.arange(seq_len)
         m[:, idx, idx] = True
         return m.unsqueeze(1)
 
-    def forward(self, idx, caption, emb_mask, targets=None, force_drop_ids=None):
+    def forward(self, idx, caption, emb_mask, targets=None, force_drop_ids=None, visible=None, positions=None):
         """Training-style forward: idx = image tokens [B, L'] (L' <= block_size - 1 when
         targets are given), caption [B, T, caption_dim], emb_mask [B, T] bool.
-        Returns logits for the image positions [B, L'+1, vocab] and the loss."""
+        Returns logits for the image positions [B, L'+1, vocab] and the loss.
+        ZipAR training (nextset.batch): idx has extra positions after the L' inputs, `visible` is the
+        attention pattern and `positions` [S] the RoPE positions; the logits stop at targets' length."""
         cond = self.cls_embedding(caption, train=self.training, force_drop_ids=force_drop_ids)[:, : self.cls_token_num]
         tok = self.tok_embeddings(idx)
         h = self.tok_dropout(torch.cat([cond, tok], dim=1))
         S = h.shape[1]
-        mask = self.build_mask(emb_mask, S)
-        fc = self.freqs_cis[:S]
+        mask = self.build_mask(emb_mask, S, visible)
+        fc = self.freqs_cis[:S] if positions is None else self.freqs_cis[positions]
         for layer in self.layers:
             h = layer(h, fc, mask)
         h = self.norm(h)
-        logits = self.output(h[:, self.cls_token_num - 1:]).float()
+        n_out = S - self.cls_token_num + 1 if targets is None else targets.shape[1]
+        logits = self.output(h[:, self.cls_token_num - 1:self.cls_token_num - 1 + n_out]).float()
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))

@@ -45,6 +45,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))  # tools/, for convert_llamagen's safetensors writer
 
+import nextset  # noqa: E402
 import patches  # noqa: E402
 import shapes  # noqa: E402
 from model import GPTArgs, Transformer, VQArgs, VQModel  # noqa: E402
@@ -69,6 +70,10 @@ FULL = {
     # GPT scenes (training and held-out, not the codebook's) begin the left object of a side-by-side
     # pair first in raster order (shapes.sample_scene); v15 on, see models/README.
     "left_first": True,
+    # ZipAR-visibility training (nextset.py), v16 on: this share of the GPT's samples is trained on the
+    # context a ZipAR decode with one of these windows gives (the rest on raster order), so that
+    # next-set decoding no longer meets a context the model never saw. See models/README.
+    "zipar_share": 0.5, "zipar_windows": [3, 4, 5, 6, 7, 8],
     "heldout": 512,  # fresh scenes for the held-out loss, logged at each export
     "dec_steps": 6000, "dec_batch": 16, "dec_lr": 2e-3, "dec_minutes": 60,
     "gpt_steps": 3000, "gpt_batch": 32, "gpt_lr": 1e-3, "gpt_warmup": 100, "gpt_minutes": 60,
@@ -86,6 +91,7 @@ TINY = {
     "codebook_scenes": 8,
     "dataset": 32,
     "left_first": True,
+    "zipar_share": 0.5, "zipar_windows": [2, 3],
     "heldout": 8,
     "dec_steps": 2, "dec_batch": 4, "dec_lr": 2e-3,
     "gpt_steps": 4, "gpt_batch": 4, "gpt_lr": 1e-3, "gpt_warmup": 2,
@@ -465,8 +471,16 @@ def heldout_tokens(cfg, tok, seed):
             np.array([e[1] for e in enc], bool))
 
 
-def heldout_loss(cfg, gpt_sd, text_sd, heldout, batch=64):
-    """Mean cross-entropy of the (EMA) weights on the held-out scenes, captions never dropped."""
+def windowed(gpt, tokens, feats, m, windows):
+    """Loss of a batch whose sample i is decoded with window windows[i] (the grid width = raster)."""
+    g = gpt.grid
+    inputs, visible, positions = nextset.batch(tokens, windows, g, g, gpt.cls_token_num)
+    return gpt(inputs, feats, m, targets=tokens, visible=visible, positions=positions)[1]
+
+
+def heldout_loss(cfg, gpt_sd, text_sd, heldout, batch=64, window=None):
+    """Mean cross-entropy of the (EMA) weights on the held-out scenes, captions never dropped;
+    with `window`, of the ZipAR decode with that window (nextset.py), else of raster order."""
     gpt = Transformer(cfg["gpt"])
     gpt.load_state_dict(gpt_sd)
     text = TextEmbedding(len(VOCAB), cfg["gpt"].caption_dim, cfg["gpt"].cls_token_num)
@@ -478,7 +492,11 @@ def heldout_loss(cfg, gpt_sd, text_sd, heldout, batch=64):
         for s in range(0, len(tokens), batch):
             tk = torch.from_numpy(tokens[s:s + batch].astype(np.int64))
             m = torch.from_numpy(masks[s:s + batch])
-            _, loss = gpt(tk[:, :-1], text(torch.from_numpy(ids[s:s + batch].astype(np.int64)), m), m, targets=tk)
+            feats = text(torch.from_numpy(ids[s:s + batch].astype(np.int64)), m)
+            if window is None:
+                _, loss = gpt(tk[:, :-1], feats, m, targets=tk)
+            else:
+                loss = windowed(gpt, tk, feats, m, [window] * len(tk))
             total += loss.item() * len(tk)
     return total / len(tokens)
 
@@ -534,7 +552,8 @@ def train_gpt(cfg, data, work, out, log, resume, seed, export_fn, heldout):
     total, bs = cfg["gpt_steps"], cfg["gpt_batch"]
     n = len(tokens)
     n_params = sum(p.numel() for p in gpt.parameters())
-    log(f"gpt: {n_params / 1e6:.2f}M parameters, {total} steps of {bs}, dataset {n}")
+    log(f"gpt: {n_params / 1e6:.2f}M parameters, {total} steps of {bs}, dataset {n}; ZipAR-visibility share "
+        f"{cfg['zipar_share']} with windows {cfg['zipar_windows']}")
     t0, s0, avg = time.time(), step, (ck["loss"] if ck is not None else None)
     budget = Budget(total, cfg.get("gpt_minutes"), used, start)
     gpt.train()
@@ -548,9 +567,12 @@ def train_gpt(cfg, data, work, out, log, resume, seed, export_fn, heldout):
 
     def export(step, avg):
         info = {"gpt_steps": step, "gpt_loss": round(avg, 4),
-                "gpt_heldout_loss": round(heldout_loss(cfg, ema.shadow[0], ema.shadow[1], heldout), 4)}
+                "gpt_heldout_loss": round(heldout_loss(cfg, ema.shadow[0], ema.shadow[1], heldout), 4),
+                "gpt_heldout_loss_window4": round(heldout_loss(cfg, ema.shadow[0], ema.shadow[1], heldout,
+                                                               window=min(4, gpt.grid)), 4)}
         export_fn(ema.shadow[0], ema.shadow[1], info)
-        log(f"gpt: exported EMA weights at step {step} to {out}; held-out loss {info['gpt_heldout_loss']:.4f}")
+        log(f"gpt: exported EMA weights at step {step} to {out}; held-out loss {info['gpt_heldout_loss']:.4f} "
+            f"(ZipAR window 4: {info['gpt_heldout_loss_window4']:.4f})")
         return info
 
     last_export, info = None, None
@@ -565,7 +587,13 @@ def train_gpt(cfg, data, work, out, log, resume, seed, export_fn, heldout):
         tok = torch.from_numpy(tokens[b].astype(np.int64))
         m = torch.from_numpy(masks[b])
         feats = text(torch.from_numpy(ids[b].astype(np.int64)), m)
-        _, loss = gpt(tok[:, :-1], feats, m, targets=tok)
+        share = cfg.get("zipar_share", 0.0)
+        if share > 0:
+            zipar = rng.random(bs) < share
+            windows = np.where(zipar, rng.choice(cfg["zipar_windows"], bs), gpt.grid)
+            loss = windowed(gpt, tok, feats, m, windows)
+        else:
+            _, loss = gpt(tok[:, :-1], feats, m, targets=tok)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(gpt.parameters()) + list(text.parameters()), 1.0)
@@ -885,6 +913,8 @@ def main(argv=None):
         data = make_tokens(cfg, tok, work, log, args.resume or bool(args.init_from) or "tokens" not in phases,
                            args.seed)
     info_base = {"image_size": cfg["image_size"], "dataset": cfg["dataset"], "gpt_batch": cfg["gpt_batch"],
+                 "left_first": cfg["left_first"], "zipar_share": cfg["zipar_share"],
+                 "zipar_windows": list(cfg["zipar_windows"]),
                  "dec_batch": cfg["dec_batch"], "tokenizer": {k: round(v, 4) for k, v in tok_stats.items()}}
     if "dec" in phases:
         _, dec_stats = train_decoder(cfg, tok, work, log, args.resume, args.seed)

@@ -1,0 +1,163 @@
+"""ZipAR-visibility training (tools/train/nextset.py) against a step-by-step KV-cache decode.
+
+The reference below follows the Swift engine: the ideal schedule of Schedule.swift (simulated here
+with its own readiness rule, not nextset's formulas), one KV cache per layer, every input of a pass
+written first, each query attending to the written slots at or before its own. Fed the same tokens,
+the one-pass training forward must give the same logits for every cell.
+
+    python3 -m pytest -q tools/tests/test_nextset.py
+"""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "train"))
+
+import nextset  # noqa: E402
+from model import GPTArgs, Transformer, apply_rotary_emb  # noqa: E402
+
+
+def ideal_steps(H, W, s):
+    """Schedule.swift's buildSteps for the ideal policy: [(inputs [(slot, cell fed, output cell)])]."""
+    done = [0] * H
+    needs_refresh = [False] * H
+    finished = []
+    steps = []
+    while done[H - 1] < W:
+        inputs = []
+        for r in finished:
+            if needs_refresh[r] and r < H - 1:
+                inputs.append((r * W + W - 1, r * W + W - 1, None))
+        ready = [r for r in range(H) if done[r] < W and (r == 0 or done[r - 1] >= min(done[r] + s, W))]
+        for r in ready:
+            c = done[r]
+            if c > 0:
+                inputs.append((r * W + c - 1, r * W + c - 1, r * W + c))
+            elif r == 0:
+                inputs.append((-1, None, 0))
+            elif done[r - 1] == W:
+                inputs.append(((r - 1) * W + W - 1, (r - 1) * W + W - 1, r * W))
+            else:
+                src = max(r - 2, 0)
+                inputs.append(((r - 1) * W + W - 1, src * W + done[src] - 1, r * W))
+                needs_refresh[r - 1] = True
+        finished = []
+        for r in ready:
+            done[r] += 1
+            if done[r] == W:
+                finished.append(r)
+        steps.append(inputs)
+    return steps
+
+
+def cached_decode(gpt, cond, emb_mask, tokens, H, W, s):
+    """Logits [B, N, vocab] of every cell, decoding `tokens` [B, N] (teacher-forced) with window s."""
+    T, N = gpt.cls_token_num, H * W
+    B = tokens.shape[0]
+    S = T + N
+    layers = gpt.layers
+    att0 = layers[0].attention
+    K = [torch.zeros(B, att0.n_kv_head, S, att0.head_dim) for _ in layers]
+    V = [torch.zeros(B, att0.n_kv_head, S, att0.head_dim) for _ in layers]
+    written = torch.zeros(S, dtype=torch.bool)
+    out = torch.zeros(B, N, gpt.args.vocab_size)
+    for inputs in ideal_steps(H, W, s):
+        rows, pos, outs = [], [], []
+        for slot, cell, o in inputs:
+            if slot == -1:  # prefill: the caption rows, the last one predicts cell 0
+                rows += [cond[:, t] for t in range(T)]
+                pos += list(range(T))
+                outs += [None] * (T - 1) + [o]
+            else:
+                rows.append(gpt.tok_embeddings(tokens[:, cell]))
+                pos.append(T + slot)
+                outs.append(o)
+        h = torch.stack(rows, dim=1)  # [B, R, dim]
+        p = torch.tensor(pos)
+        written[p] = True
+        keys = torch.arange(S)
+        m = written[None, :] & (keys[None, :] <= p[:, None])  # [R, S]
+        m = m[None].repeat(B, 1, 1)
+        m[:, :, :T] &= emb_mask[:, None, :]
+        m[:, torch.arange(len(pos)), p] = True
+        fc = gpt.freqs_cis[p]
+        R = len(pos)
+        for li, layer in enumerate(layers):
+            att = layer.attention
+            x = layer.attention_norm(h)
+            kvd = att.n_kv_head * att.head_dim
+            q, k, v = att.wqkv(x).split([att.n_head * att.head_dim, kvd, kvd], dim=-1)
+            q = apply_rotary_emb(q.view(B, R, att.n_head, att.head_dim), fc).transpose(1, 2)
+            k = apply_rotary_emb(k.view(B, R, att.n_kv_head, att.head_dim), fc).transpose(1, 2)
+            v = v.view(B, R, att.n_kv_head, att.head_dim).transpose(1, 2)
+            K[li][:, :, p] = k
+            V[li][:, :, p] = v
+            o = F.scaled_dot_product_attention(q, K[li], V[li], attn_mask=m[:, None])
+            h = h + att.wo(o.transpose(1, 2).reshape(B, R, -1))
+            h = h + layer.feed_forward(layer.ffn_norm(h))
+        logits = gpt.output(gpt.norm(h)).float()
+        for i, o in enumerate(outs):
+            if o is not None:
+                out[:, o] = logits[:, i]
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    args = GPTArgs(dim=32, n_layer=2, n_head=2, multiple_of=32, vocab_size=16, block_size=36, num_classes=1,
+                   class_dropout_prob=0.0, cls_token_num=4, caption_dim=8)
+    gpt = Transformer(args).eval()
+    for prm in gpt.parameters():  # the output layer starts at zero; random weights make every logit differ
+        torch.nn.init.normal_(prm, std=0.3)
+    B = 3
+    caption = torch.randn(B, 4, 8)
+    emb_mask = torch.tensor([[False, True, True, True], [True, True, True, True], [False, False, True, True]])
+    tokens = torch.randint(0, 16, (B, 36))
+    return gpt, caption, emb_mask, tokens
+
+
+@pytest.mark.parametrize("s", [1, 2, 3, 4, 5, 6])
+def test_one_pass_training_matches_the_cached_zipar_decode(tiny, s):
+    gpt, caption, emb_mask, tokens = tiny
+    H = W = 6
+    with torch.no_grad():
+        cond = gpt.cls_embedding(caption, train=False)[:, :gpt.cls_token_num]
+        want = cached_decode(gpt, cond, emb_mask, tokens, H, W, s)
+        inputs, visible, positions = nextset.batch(tokens, [s] * len(tokens), H, W, gpt.cls_token_num)
+        got, loss = gpt(inputs, caption, emb_mask, targets=tokens, visible=visible, positions=positions)
+    assert got.shape == want.shape
+    assert torch.allclose(got, want, atol=2e-5), (got - want).abs().max()
+    assert torch.isclose(loss, F.cross_entropy(want.reshape(-1, 16), tokens.reshape(-1)), atol=1e-5)
+
+
+def test_raster_window_is_the_plain_forward_and_windows_differ(tiny):
+    gpt, caption, emb_mask, tokens = tiny
+    with torch.no_grad():
+        plain, _ = gpt(tokens[:, :-1], caption, emb_mask, targets=tokens)
+        mixed = [6, 2, 6]  # one batch may mix windows: every sample has its own pattern
+        inputs, visible, positions = nextset.batch(tokens, mixed, 6, 6, gpt.cls_token_num)
+        got, _ = gpt(inputs, caption, emb_mask, targets=tokens, visible=visible, positions=positions)
+        want2 = cached_decode(gpt, gpt.cls_embedding(caption, train=False)[:, :4], emb_mask, tokens, 6, 6, 2)
+    assert torch.allclose(got[[0, 2]], plain[[0, 2]], atol=2e-5)
+    assert torch.allclose(got[1], want2[1], atol=2e-5)
+    # The windowed context really is different: a test that could not fail would not show it.
+    assert (got[1] - plain[1]).abs().max() > 1e-2
+
+
+def test_ideal_steps_match_the_swift_step_formula():
+    # Cell (r, c) at step r*s + c; (H-1)*s + W passes (Schedule.swift, ideal policy).
+    for H, W, s in [(6, 6, 2), (5, 7, 3), (4, 4, 4), (16, 16, 8)]:
+        steps = ideal_steps(H, W, s)
+        assert len(steps) == (H - 1) * s + W
+        for t, inputs in enumerate(steps):
+            for _, _, o in inputs:
+                if o is not None:
+                    assert t == (o // W) * s + o % W
