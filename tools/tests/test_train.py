@@ -399,6 +399,24 @@ def test_train_init_from_deepens_with_gpt_layers():
         assert r.returncode == 2 and "--gpt-layers" in r.stderr
 
 
+def test_train_zipar_share_and_windows_flags():
+    """--zipar-share and --zipar-windows replace the config's ZipAR-visibility mix (recorded in the
+    exported config.json) and reject values a run could not use."""
+    train = os.path.join(REPO, "tools", "train", "train.py")
+    with tempfile.TemporaryDirectory() as d:
+        out, work = os.path.join(d, "m"), os.path.join(d, "w")
+        r = subprocess.run([sys.executable, train, "--tiny", "-o", out, "--work", work, "--gpt-steps", "2", "--no-tune",
+                            "--zipar-share", "1", "--zipar-windows", "2,2,3"], capture_output=True, text=True,
+                           timeout=180)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        info = json.load(open(os.path.join(out, "config.json")))["training"]
+        assert info["zipar_share"] == 1 and info["zipar_windows"] == [2, 2, 3]
+    for flags, word in ((["--zipar-share", "1.5"], "--zipar-share"), (["--zipar-windows", "2,x"], "--zipar-windows"),
+                        (["--zipar-windows", "8"], "--zipar-windows"), (["--zipar-windows", "0"], "--zipar-windows")):
+        r = subprocess.run([sys.executable, train, "--tiny", *flags], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and word in r.stderr, (flags, r.stderr[-500:])
+
+
 def test_text_features_count_word_positions_from_the_first_word():
     import torch
     from train import TextEmbedding, encode_prompt, WORD_ID

@@ -866,6 +866,10 @@ def main(argv=None):
                              "whichever comes first, with the learning-rate schedule following the larger fraction")
     ap.add_argument("--export-every", type=int, help="export the EMA model every N GPT steps")
     ap.add_argument("--no-tune", action="store_true", help="skip the sampling-settings search")
+    ap.add_argument("--zipar-share", type=float,
+                    help="share of the GPT's samples trained under ZipAR visibility, in [0, 1]")
+    ap.add_argument("--zipar-windows",
+                    help="comma-separated ZipAR windows drawn for those samples (repeat one to weight it), e.g. 3,4,4,5")
     args = ap.parse_args(argv)
     phases = set(PHASES) if not args.only else set(args.only.split(","))
     if not phases <= set(PHASES):
@@ -887,6 +891,19 @@ def main(argv=None):
                  ("gpt_lr", args.gpt_lr)):
         if a is not None:
             cfg[k] = a
+    if args.zipar_share is not None:
+        if not 0 <= args.zipar_share <= 1:
+            ap.error(f"--zipar-share must be in [0, 1], got {args.zipar_share}")
+        cfg["zipar_share"] = args.zipar_share
+    if args.zipar_windows is not None:
+        try:
+            windows = [int(w) for w in args.zipar_windows.split(",")]
+        except ValueError:
+            ap.error(f"--zipar-windows takes comma-separated integers, got {args.zipar_windows!r}")
+        grid = int(round(cfg["gpt"].block_size ** 0.5))
+        if not windows or any(not 1 <= w < grid for w in windows):
+            ap.error(f"--zipar-windows must be between 1 and the grid width - 1 ({grid - 1}), got {args.zipar_windows}")
+        cfg["zipar_windows"] = windows
     if args.gpt_layers is not None:
         if args.gpt_layers < 1:
             ap.error(f"--gpt-layers must be at least 1, got {args.gpt_layers}")
