@@ -80,18 +80,19 @@ def sample(bank, window, rng):
     """One occupancy grid drawn pass by pass from the oracle; (cells, left_support)."""
     g = int(round(bank.shape[1] ** 0.5))
     vis, step = visibility(g, window)
+    b = bank.astype(np.float32)  # [n, N]
     x = np.zeros(g * g, bool)
     left = False
     for t in range(step.max() + 1):
         cells = np.nonzero(step == t)[0]
-        p = np.zeros(len(cells))
-        for i, q in enumerate(cells):
-            v = vis[q]
-            agree = (bank[:, v] == x[v]).all(axis=1)
-            if agree.any():
-                p[i] = bank[agree, q].mean()
-            else:
-                left = True
+        v = vis[cells].astype(np.float32)  # [k, N]
+        # Disagreements of each bank scene with what each query sees: |B v| - 2 B (x v) + |x v|.
+        wrong = b @ v.T - 2 * (b @ (v * x).T) + (v * x).sum(axis=1)
+        agree = wrong < 0.5  # [n, k]
+        counts = agree.sum(axis=0)
+        hits = (agree & bank[:, cells]).sum(axis=0)
+        left |= bool((counts == 0).any())
+        p = np.where(counts > 0, hits / np.maximum(counts, 1), 0.0)
         x[cells] = rng.random(len(cells)) < p  # one pass: independent draws
     return x, left
 
