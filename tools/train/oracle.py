@@ -57,23 +57,8 @@ def visibility(g, window):
 
 
 def components(cells, g):
-    """4-connected components of a [g*g] bool grid."""
-    grid = cells.reshape(g, g)
-    seen = np.zeros_like(grid)
-    n = 0
-    for r0, c0 in zip(*np.nonzero(grid)):
-        if seen[r0, c0]:
-            continue
-        n += 1
-        stack = [(r0, c0)]
-        seen[r0, c0] = True
-        while stack:
-            r, c = stack.pop()
-            for rr, cc in ((r + 1, c), (r - 1, c), (r, c + 1), (r, c - 1)):
-                if 0 <= rr < g and 0 <= cc < g and grid[rr, cc] and not seen[rr, cc]:
-                    seen[rr, cc] = True
-                    stack.append((rr, cc))
-    return n
+    """Number of 4-connected components of a [g*g] bool grid (the renderer's reader's own search)."""
+    return len(shapes._components(cells.reshape(g, g)))
 
 
 def sample(bank, window, rng):
