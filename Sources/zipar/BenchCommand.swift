@@ -80,6 +80,7 @@ struct BenchCommand: ParsableCommand {
         var schemeList = try schemes.map { try parseSchemes($0) } ?? []
         var vq: VQDecoder? = nil
         var name = ""
+        var drawn = modelOptions.attention == "drawn"
         var makeGPT: () throws -> GPT
         if let r = randomInit {
             let side = try grid.map { try ScheduleCommand.parseGrid($0).0 } ?? 16
@@ -96,6 +97,7 @@ struct BenchCommand: ParsableCommand {
             makeGPT = { try dir.loadGPT() }
             vq = noVq ? nil : try dir.loadVQ()
             name = dir.name
+            drawn = modelOptions.drawn(dir)
         }
         if vqOnly, let vq {
             let side = try randomInit != nil ? (grid.map { try ScheduleCommand.parseGrid($0).0 } ?? 16) : modelOptions.open().gpt.gridSize
@@ -186,6 +188,7 @@ struct BenchCommand: ParsableCommand {
         var options = GenerationOptions()
         options.sampling.cfgScale = cfgScale
         options.sampling.topK = min(2000, gpt.config.vocab_size)
+        options.drawn = drawn
         // Modes: raster, each window, and each window with the adaptive minimum (if asked).
         let caches = try kvCaches.map { try parseKVCaches($0, flag: "--kv-caches") } ?? [modelOptions.kvPrecision]
         var modeList: [(schedule: Schedule, adaptive: Int?, kv: KVCacheKind, model: Int)] = []

@@ -30,6 +30,9 @@ struct ModelOptions: ParsableArguments {
     @Option(help: "ZipVL attention coverage tau in (0, 1].")
     var zipvlTau: Double = KVCacheOptions.defaultZipvlTau
 
+    @Option(help: "Attention of ZipAR passes: zipar (ZipAR's mask, causal in slot order) or drawn (every token drawn so far, the lower rows' too; for models trained on it). Default: the model's (config.json \"attention\"), else zipar.")
+    var attention: String?
+
     func validate() throws {
         if let t = threads, t < 1 || t > 256 { throw ValidationError("--threads must be between 1 and 256") }
         _ = try parseKVCaches(kvCache, flag: "--kv-cache")
@@ -38,7 +41,11 @@ struct ModelOptions: ParsableArguments {
         guard zipvlTau > 0, zipvlTau <= 1 else { throw ValidationError("--zipvl-tau must be in (0, 1]") }
         if let b = zipcacheBlock, b < 8 || b > 4096 { throw ValidationError("--zipcache-block must be between 8 and 4096") }
         guard ZipCacheScore(rawValue: zipcacheScore) != nil else { throw ValidationError("--zipcache-score must be exact or probe") }
+        if let a = attention, !["zipar", "drawn"].contains(a) { throw ValidationError("--attention must be zipar or drawn, got '\(a)'") }
     }
+
+    /// Whether ZipAR passes use the drawn attention: --attention, else the model's own.
+    func drawn(_ dir: ModelDirectory?) -> Bool { (attention ?? dir?.attention ?? "zipar") == "drawn" }
 
     var kvPrecision: KVCacheKind { KVCacheKind(rawValue: kvCache) ?? .fp32 }
 

@@ -135,6 +135,7 @@ struct EvalCommand: ParsableCommand {
             header["grid"] = [side, side]
             header["image_size"] = [dir.imageSize, dir.imageSize]
             header["policy"] = policy.rawValue
+            header["attention"] = modelOptions.drawn(dir) ? "drawn" : "zipar"
             // Floats printed through Double would show 0.800000011920929; round-trip them through their shortest text.
             func d(_ x: Float) -> Double { Double("\(x)") ?? Double(x) }
             header["sampling"] = ["cfg_scale": d(sampling.cfgScale), "cfg_interval": sampling.cfgInterval, "top_k": sampling.topK,
@@ -147,6 +148,7 @@ struct EvalCommand: ParsableCommand {
                     options.sampling = sampling
                     options.seed = e.seed
                     options.adaptiveMinWindow = modes[m].adaptive
+                    options.drawn = modelOptions.drawn(dir)
                     let bar = ProgressBar(total: dir.gpt.block_size, label: "image \(i * modes.count + m + 1)/\(total)", quiet: quiet)
                     let result = try modes[m].generator!.generate(conditions[i], options: options) { bar.update(tokens: $0, passes: $1) }
                     bar.finish()
@@ -211,6 +213,7 @@ struct EvalCommand: ParsableCommand {
         if let s = header["sampling"] as? [String: Any] {
             title += ", cfg \(s["cfg_scale"] ?? ""), top-k \(s["top_k"] ?? ""), top-p \(s["top_p"] ?? ""), temperature \(s["temperature"] ?? "")"
         }
+        if let a = header["attention"] as? String { title += ", \(a) attention" }
         print(title + ", \(Parallel.threads) threads")
         print("\n| decoding | prompts | object | colour | shape | count | relation | background | 1 object | 2 objects | passes | s/image |")
         print("|---|---|---|---|---|---|---|---|---|---|---|---|")

@@ -56,6 +56,7 @@ struct GenerateCommand: ParsableCommand {
             options.sampling = sampling
             options.seed = seed &+ UInt64(i)
             options.holes = ziparOptions.ziparHoles
+            options.drawn = modelOptions.drawn(dir)
             options.adaptiveMinWindow = ziparOptions.adaptiveWindow
             let bar = ProgressBar(total: dir.gpt.block_size, label: count > 1 ? "image \(i + 1)/\(count)" : "generating", quiet: quiet)
             let result = try generator.generate(condition, options: options) { bar.update(tokens: $0, passes: $1) }

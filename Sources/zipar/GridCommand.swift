@@ -75,6 +75,7 @@ struct GridCommand: ParsableCommand {
                 for seed in seedList {
                     var options = GenerationOptions()
                     options.sampling = sampling; options.seed = seed
+                    options.drawn = modelOptions.drawn(dir)
                     let bar = ProgressBar(total: dir.gpt.block_size, label: "cell \(done + 1)/\(total)", quiet: quiet)
                     let result = try generator.generate(condition, options: options) { bar.update(tokens: $0, passes: $1) }
                     bar.finish()

@@ -49,5 +49,8 @@ struct InfoCommand: ParsableCommand {
         if !dir.samplingDefaults.isEmpty {
             print("defaults     " + dir.samplingDefaults.keys.sorted().map { "\($0)=\(dir.samplingDefaults[$0]!)" }.joined(separator: ", "))
         }
+        print("attention    \(dir.attention)" + (dir.attention == "drawn"
+            ? " (ZipAR passes see every token drawn so far, the lower rows' too; the model was trained on it)"
+            : " (ZipAR's mask)"))
     }
 }

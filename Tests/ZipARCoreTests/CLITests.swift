@@ -79,6 +79,7 @@ final class CLITests: XCTestCase {
             ["generate", "--model", model, "--class", "1", "--kv-merge", "minicache", "--kv-cache", "fp16", "-o", out],
             ["generate", "--model", model, "--class", "1", "--kv-merge", "average", "--kv-cache", "kivi4", "-o", out],
             ["bench", "--random-init", "gpt-b", "--kv-caches", "fp32,zip"],
+            ["generate", "--model", model, "--class", "1", "--attention", "sideways", "-o", out],
         ]
         for args in usage { try zipar(args, expect: 2) }
         let runtime: [([String], String)] = [
@@ -89,6 +90,8 @@ final class CLITests: XCTestCase {
             (["generate", "--model", model, "--class", "1", "--window", "9", "-o", out], "larger than the grid"),
             (["generate", "--model", model, "--prompt", "a red circle", "-o", out], "class-conditional"),
             (["decode", "--model", model, "--tokens", dir + "/none.json", "-o", out], "cannot read"),
+            (["generate", "--model", model, "--class", "1", "--window", "2", "--zipar-holes", "--attention", "drawn", "-o", out],
+             "pick one"),
         ]
         for (args, message) in runtime {
             let r = try zipar(args, expect: 1)
@@ -109,6 +112,11 @@ final class CLITests: XCTestCase {
         try huge.write(to: URL(fileURLWithPath: gpt))                                 // absurd header length
         r = try zipar(["info", "--model", model], expect: 1)
         XCTAssertTrue(r.err.contains("header length"), r.err)
+        var config = try readJSONObject(model + "/config.json")
+        config["attention"] = "sideways"
+        try JSONSerialization.data(withJSONObject: config).write(to: URL(fileURLWithPath: model + "/config.json"))
+        r = try zipar(["info", "--model", model], expect: 1)
+        XCTAssertTrue(r.err.contains("\"attention\" must be \"zipar\" or \"drawn\", got sideways"), r.err)
         try "{\"gpt\": {\"dim\": 60, \"n_head\": 7}, \"vq\": {}}".write(toFile: model + "/config.json", atomically: true, encoding: .utf8)
         r = try zipar(["info", "--model", model], expect: 1)
         XCTAssertTrue(r.err.contains("not divisible"), r.err)

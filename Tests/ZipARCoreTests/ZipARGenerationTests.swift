@@ -42,6 +42,49 @@ final class ZipARGenerationTests: XCTestCase {
     }
 }
 
+/// The drawn attention (AttentionVisibility.drawn) against the Python reference decode of
+/// tools/tests/test_nextset.py: greedy tokens of the shared t2i fixture model, stored in
+/// Tests/fixtures/drawn_greedy.json (the pytest test keeps that file current).
+final class DrawnAttentionTests: XCTestCase {
+    func testGreedyTokensMatchThePythonReference() throws {
+        let cfg = try GPTConfig(json: try Fixtures.json("llamagen/gpt_t2i_tiny.config.json"))
+        let gpt = try GPT(config: cfg, weights: try Fixtures.safetensors("llamagen/gpt_t2i_tiny.weights.safetensors"))
+        let io = try Fixtures.safetensors("llamagen/gpt_t2i_tiny.io.safetensors")
+        let caption = try io.tensor("input.caption_embs").reshaped([120, cfg.caption_dim])
+        let mask = try io.tensor("input.emb_mask").array.map { $0 > 0.5 }
+        let want = try readJSONObject(Fixtures.packageRoot + "/Tests/fixtures/drawn_greedy.json")
+        let runs = try XCTUnwrap(want["runs"] as? [[String: Any]])
+        XCTAssertEqual(runs.count, 6)
+        var differ = 0
+        for run in runs {
+            let s = try XCTUnwrap(run["window"] as? Int), scale = try XCTUnwrap(run["cfg_scale"] as? Double)
+            let gen = try Generator(gpt: gpt, schedule: try Schedule.make(height: 8, width: 8, window: s))
+            var o = GenerationOptions(); o.sampling.greedy = true; o.sampling.cfgScale = Float(scale)
+            for mode in ["zipar", "drawn"] {
+                o.drawn = mode == "drawn"
+                let got = try gen.generate(.caption(features: caption, mask: mask), options: o)
+                XCTAssertEqual(got.tokens, run[mode] as? [Int], "window \(s) cfg \(scale) \(mode)")
+                XCTAssertEqual(got.forwardPasses, 7 * s + 8)
+            }
+            if (run["zipar"] as? [Int]) != (run["drawn"] as? [Int]) { differ += 1 }
+        }
+        XCTAssertGreaterThan(differ, 0, "the fixture must tell the two masks apart")
+    }
+
+    /// Raster order is the same under both masks; holes and drawn together are refused.
+    func testRasterUnchangedAndHolesRefused() throws {
+        let cfg = try GPTConfig(json: try Fixtures.json("llamagen/gpt_c2i_tiny.config.json"))
+        let gpt = try GPT(config: cfg, weights: try Fixtures.safetensors("llamagen/gpt_c2i_tiny.weights.safetensors"))
+        let raster = try Generator(gpt: gpt, schedule: try Schedule.make(height: 8, width: 8, window: 8))
+        var o = GenerationOptions(); o.sampling.cfgScale = 2; o.sampling.topK = 50; o.seed = 3
+        let plain = try raster.generate(.classLabel(1), options: o).tokens
+        o.drawn = true
+        XCTAssertEqual(try raster.generate(.classLabel(1), options: o).tokens, plain)
+        o.holes = true
+        XCTAssertThrowsError(try raster.generate(.classLabel(1), options: o))
+    }
+}
+
 final class AdaptiveWindowTests: XCTestCase {
     func model() throws -> GPT {
         let cfg = try GPTConfig(json: try Fixtures.json("llamagen/gpt_c2i_tiny.config.json"))

@@ -57,8 +57,9 @@ def ideal_steps(H, W, s):
     return steps
 
 
-def cached_decode(gpt, cond, emb_mask, tokens, H, W, s):
-    """Logits [B, N, vocab] of every cell, decoding `tokens` [B, N] (teacher-forced) with window s."""
+def cached_decode(gpt, cond, emb_mask, tokens, H, W, s, drawn=False):
+    """Logits [B, N, vocab] of every cell, decoding `tokens` [B, N] (teacher-forced) with window s;
+    `drawn`: every query sees every written slot (zipar's drawn attention), not only those before it."""
     T, N = gpt.cls_token_num, H * W
     B = tokens.shape[0]
     S = T + N
@@ -83,7 +84,8 @@ def cached_decode(gpt, cond, emb_mask, tokens, H, W, s):
         p = torch.tensor(pos)
         written[p] = True
         keys = torch.arange(S)
-        m = written[None, :] & (keys[None, :] <= p[:, None])  # [R, S]
+        # drawn: image queries see every written slot; the caption prefix stays causal
+        m = written[None, :] & ((keys[None, :] <= p[:, None]) | (drawn & (p[:, None] >= T)))  # [R, S]
         m = m[None].repeat(B, 1, 1)
         m[:, :, :T] &= emb_mask[:, None, :]
         m[:, torch.arange(len(pos)), p] = True
@@ -124,14 +126,15 @@ def tiny():
     return gpt, caption, emb_mask, tokens
 
 
+@pytest.mark.parametrize("drawn", [False, True])
 @pytest.mark.parametrize("s", [1, 2, 3, 4, 5, 6])
-def test_one_pass_training_matches_the_cached_zipar_decode(tiny, s):
+def test_one_pass_training_matches_the_cached_zipar_decode(tiny, s, drawn):
     gpt, caption, emb_mask, tokens = tiny
     H = W = 6
     with torch.no_grad():
         cond = gpt.cls_embedding(caption, train=False)[:, :gpt.cls_token_num]
-        want = cached_decode(gpt, cond, emb_mask, tokens, H, W, s)
-        inputs, visible, positions = nextset.batch(tokens, [s] * len(tokens), H, W, gpt.cls_token_num)
+        want = cached_decode(gpt, cond, emb_mask, tokens, H, W, s, drawn)
+        inputs, visible, positions = nextset.batch(tokens, [s] * len(tokens), H, W, gpt.cls_token_num, drawn)
         got, loss = gpt(inputs, caption, emb_mask, targets=tokens, visible=visible, positions=positions)
     assert got.shape == want.shape
     assert torch.allclose(got, want, atol=2e-5), (got - want).abs().max()
@@ -161,3 +164,136 @@ def test_ideal_steps_match_the_swift_step_formula():
             for _, _, o in inputs:
                 if o is not None:
                     assert t == (o // W) * s + o % W
+
+
+def test_drawn_attention_sees_the_lower_rows_and_changes_only_zipar(tiny):
+    gpt, caption, emb_mask, tokens = tiny
+    cond = gpt.cls_embedding(caption, train=False)[:, :4]
+    with torch.no_grad():
+        slot = cached_decode(gpt, cond, emb_mask, tokens, 6, 6, 2)
+        drawn = cached_decode(gpt, cond, emb_mask, tokens, 6, 6, 2, drawn=True)
+        raster = cached_decode(gpt, cond, emb_mask, tokens, 6, 6, 6, drawn=True)
+        plain, _ = gpt(tokens[:, :-1], caption, emb_mask, targets=tokens)
+    assert torch.allclose(raster, plain, atol=2e-5)
+    # Row 0 is sampled before row 1 starts (window 2: cells (0, 0), (0, 1)): nothing below to see yet.
+    assert torch.allclose(drawn[:, :2], slot[:, :2], atol=2e-5)
+    assert (drawn - slot).abs().max() > 1e-2
+    vis, _ = nextset.layout(6, 6, 2, True)
+    # The query predicting (0, 5) sits at slot 4, fed at step 5: it sees (1, 0), fed at step 3 at slot 6.
+    assert vis[4, 6] and not nextset.layout(6, 6, 2, False)[0][4, 6]
+
+
+# ---------------------------------------------------------------------------------------------
+# The Swift engine's drawn attention against this reference: greedy tokens of the shared LlamaGen
+# t2i fixture model, decoded here with ideal_steps and the drawn mask, are stored in
+# Tests/fixtures/drawn_greedy.json, which ZipARGenerationTests replays through the
+# Swift Generator. This test recomputes them and fails when the file is stale
+# (ZIPAR_WRITE_FIXTURE=1 rewrites it).
+
+ROOT = os.path.dirname(os.path.dirname(HERE))
+FIXTURE = os.path.join(ROOT, "Tests", "fixtures", "drawn_greedy.json")
+LLAMAGEN = os.path.join(os.path.dirname(ROOT), "shared", "fixtures", "llamagen")
+
+
+def read_fixture(path):
+    import json
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        data = f.read()
+    dt = {"F32": np.float32, "I64": np.int64, "U8": np.uint8}
+    return {k: torch.from_numpy(np.frombuffer(data[v["data_offsets"][0]:v["data_offsets"][1]], dtype=dt[v["dtype"]])
+                                .reshape(v["shape"]).copy())
+            for k, v in header.items() if k != "__metadata__"}
+
+
+def greedy_decode(gpt, caption, emb_mask, H, W, s, drawn, cfg_scale):
+    """Greedy tokens [N] of one caption ([1, T, caption_dim]), batch = (cond, uncond) when cfg_scale > 1."""
+    T = gpt.cls_token_num
+    tokens = torch.full((1, H * W), -1, dtype=torch.long)
+    cond = gpt.cls_embedding(caption, train=False)[:, :T]
+    mask = emb_mask
+    if cfg_scale > 1:
+        uncond = gpt.cls_embedding(caption, train=False, force_drop_ids=torch.ones(1, dtype=torch.bool))[:, :T]
+        cond, mask = torch.cat([cond, uncond]), torch.cat([emb_mask, emb_mask])
+    B, S, N = cond.shape[0], T + H * W, H * W
+    layers = gpt.layers
+    att0 = layers[0].attention
+    K = [torch.zeros(B, att0.n_kv_head, S, att0.head_dim) for _ in layers]
+    V = [torch.zeros(B, att0.n_kv_head, S, att0.head_dim) for _ in layers]
+    written = torch.zeros(S, dtype=torch.bool)
+    for inputs in ideal_steps(H, W, s):
+        rows, pos, outs = [], [], []
+        for slot, cell, o in inputs:
+            if slot == -1:
+                rows += [cond[:, t] for t in range(T)]
+                pos += list(range(T))
+                outs += [None] * (T - 1) + [o]
+            else:
+                assert tokens[0, cell] >= 0
+                rows.append(gpt.tok_embeddings(tokens[:, cell].repeat(B)))
+                pos.append(T + slot)
+                outs.append(o)
+        h = torch.stack(rows, dim=1)
+        p = torch.tensor(pos)
+        written[p] = True
+        keys = torch.arange(S)
+        m = written[None, :] & ((keys[None, :] <= p[:, None]) | (drawn & (p[:, None] >= T)))
+        m = m[None].repeat(B, 1, 1)
+        m[:, :, :T] &= mask[:, None, :]
+        m[:, torch.arange(len(pos)), p] = True
+        fc = gpt.freqs_cis[p]
+        R = len(pos)
+        for li, layer in enumerate(layers):
+            att = layer.attention
+            x = layer.attention_norm(h)
+            kvd = att.n_kv_head * att.head_dim
+            q, k, v = att.wqkv(x).split([att.n_head * att.head_dim, kvd, kvd], dim=-1)
+            q = apply_rotary_emb(q.view(B, R, att.n_head, att.head_dim), fc).transpose(1, 2)
+            k = apply_rotary_emb(k.view(B, R, att.n_kv_head, att.head_dim), fc).transpose(1, 2)
+            v = v.view(B, R, att.n_kv_head, att.head_dim).transpose(1, 2)
+            K[li][:, :, p] = k
+            V[li][:, :, p] = v
+            o = F.scaled_dot_product_attention(q, K[li], V[li], attn_mask=m[:, None])
+            h = h + att.wo(o.transpose(1, 2).reshape(B, R, -1))
+            h = h + layer.feed_forward(layer.ffn_norm(h))
+        logits = gpt.output(gpt.norm(h)).float()
+        for i, o in enumerate(outs):
+            if o is not None:
+                lg = logits[0, i] if B == 1 else logits[1, i] + cfg_scale * (logits[0, i] - logits[1, i])
+                tokens[0, o] = int(lg.argmax())
+    return tokens[0].tolist()
+
+
+def test_swift_drawn_fixture_is_current():
+    import json
+    cfg = json.load(open(os.path.join(LLAMAGEN, "gpt_t2i_tiny.config.json")))
+    args = GPTArgs(**{k: cfg[k] for k in ["dim", "n_layer", "n_head", "n_kv_head", "multiple_of", "ffn_dim_multiplier",
+                                          "rope_base", "norm_eps", "vocab_size", "block_size", "num_classes",
+                                          "class_dropout_prob", "cls_token_num", "model_type", "caption_dim"]})
+    gpt = Transformer(args).eval()
+    weights = read_fixture(os.path.join(LLAMAGEN, "gpt_t2i_tiny.weights.safetensors"))
+    missing, _ = gpt.load_state_dict(weights, strict=False)
+    assert all(k == "freqs_cis" for k in missing), missing
+    io = read_fixture(os.path.join(LLAMAGEN, "gpt_t2i_tiny.io.safetensors"))
+    caption, emb_mask = io["input.caption_embs"], io["input.emb_mask"] > 0.5
+    with torch.no_grad():
+        # The reference decode reproduces the official greedy raster tokens: the loader and loop are right.
+        raster = greedy_decode(gpt, caption, emb_mask, 8, 8, 8, False, 7.5)
+        assert raster == io["out.greedy_tokens_cfg7.5"][0].tolist()
+        runs = []
+        for s in (2, 3, 5):
+            for cfg_scale in (1.0, 7.5):
+                zipar = greedy_decode(gpt, caption, emb_mask, 8, 8, s, False, cfg_scale)
+                drawn = greedy_decode(gpt, caption, emb_mask, 8, 8, s, True, cfg_scale)
+                runs.append({"window": s, "cfg_scale": cfg_scale, "zipar": zipar, "drawn": drawn})
+    # The fixture must tell the masks apart, or the Swift test could not fail on the wrong one.
+    assert any(r["zipar"] != r["drawn"] for r in runs)
+    want = {"model": "shared/fixtures/llamagen/gpt_t2i_tiny", "greedy": True, "runs": runs}
+    if os.environ.get("ZIPAR_WRITE_FIXTURE") == "1":
+        os.makedirs(os.path.dirname(FIXTURE), exist_ok=True)
+        with open(FIXTURE, "w") as f:
+            json.dump(want, f)
+            f.write("\n")
+    with open(FIXTURE) as f:
+        assert json.load(f) == want, "drawn_greedy.json is stale: rerun with ZIPAR_WRITE_FIXTURE=1"

@@ -17,6 +17,11 @@ One sequence holds both versions: the N-1 inputs at their slots (proxies at the 
 H-1 refresh positions carrying the real last-column tokens at the RoPE positions of those slots.
 A mask says which version each query sees, so the loss at every position is the loss the decode
 would see, with the keys and values computed from the same contexts as the KV cache holds them.
+
+`drawn=True` is zipar's "drawn" attention (GPT.swift AttentionVisibility.drawn): a query sees every
+slot written so far, also slots after its own, so an upper row sees what the rows below it already
+drew (ZipAR's own mask hides them: the cache is causal in slot order). Raster is the same either way.
+A model must be trained on it to use it (the relative positions are new to a raster-trained model).
 """
 
 import functools
@@ -35,7 +40,7 @@ def feed_steps(H, W, s):
 
 
 @functools.lru_cache(maxsize=64)
-def layout(H, W, s):
+def layout(H, W, s, drawn=False):
     """For window s (1 <= s <= W; s = W is raster): (visible [L, L] bool, proxy_src [N-1] int) over the
     L = N-1 + H-1 image positions (inputs, then refreshes). visible[i, j]: query i sees key j.
     proxy_src[k] is the cell whose token is fed at slot k (k itself except at proxied slots)."""
@@ -59,11 +64,13 @@ def layout(H, W, s):
         row = max(r - 1, 0)
         done = min(((r + 1) - row) * s, W)
         src[r * W + W - 1] = row * W + done - 1
-    vis = (slot[None, :] <= slot[:, None]) & (time[None, :] <= time[:, None]) & (time[:, None] < overwritten[None, :])
+    vis = (time[None, :] <= time[:, None]) & (time[:, None] < overwritten[None, :])
+    if not drawn:  # ZipAR's mask: causal in slot order as well
+        vis &= slot[None, :] <= slot[:, None]
     return vis, src
 
 
-def batch(tokens, windows, H, W, cls_token_num):
+def batch(tokens, windows, H, W, cls_token_num, drawn=False):
     """tokens [B, N] int64, windows [B] ints -> (inputs [B, N-1+H-1], visible [B, 1, S, S] bool with
     S = cls_token_num + N-1 + H-1, rope positions [S]). The caption columns are all visible here
     (the caption mask is applied by Transformer.build_mask)."""
@@ -76,7 +83,7 @@ def batch(tokens, windows, H, W, cls_token_num):
     visible[:, :, T:, :T] = True
     last = torch.arange(H - 1) * W + W - 1
     for b, s in enumerate(windows):
-        vis, src = layout(H, W, int(s))
+        vis, src = layout(H, W, int(s), bool(drawn))
         inputs[b, :N - 1] = tokens[b, torch.from_numpy(src)]
         inputs[b, N - 1:] = tokens[b, last]
         visible[b, 0, T:, T:] = torch.from_numpy(vis)

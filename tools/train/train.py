@@ -74,6 +74,10 @@ FULL = {
     # context a ZipAR decode with one of these windows gives (the rest on raster order), so that
     # next-set decoding no longer meets a context the model never saw. See models/README.
     "zipar_share": 0.5, "zipar_windows": [3, 4, 5, 6, 7, 8],
+    # Which mask those samples train: "zipar" (ZipAR's, causal in slot order) or "drawn" (a query sees
+    # every token drawn so far, the lower rows' too; nextset.py). The model directory records it as
+    # config.json "attention", and zipar decodes with it.
+    "zipar_attention": "zipar",
     "heldout": 512,  # fresh scenes for the held-out loss, logged at each export
     "dec_steps": 6000, "dec_batch": 16, "dec_lr": 2e-3, "dec_minutes": 60,
     "gpt_steps": 3000, "gpt_batch": 32, "gpt_lr": 1e-3, "gpt_warmup": 100, "gpt_minutes": 60,
@@ -91,7 +95,7 @@ TINY = {
     "codebook_scenes": 8,
     "dataset": 32,
     "left_first": True,
-    "zipar_share": 0.5, "zipar_windows": [2, 3],
+    "zipar_share": 0.5, "zipar_windows": [2, 3], "zipar_attention": "zipar",
     "heldout": 8,
     "dec_steps": 2, "dec_batch": 4, "dec_lr": 2e-3,
     "gpt_steps": 4, "gpt_batch": 4, "gpt_lr": 1e-3, "gpt_warmup": 2,
@@ -471,10 +475,11 @@ def heldout_tokens(cfg, tok, seed):
             np.array([e[1] for e in enc], bool))
 
 
-def windowed(gpt, tokens, feats, m, windows):
-    """Loss of a batch whose sample i is decoded with window windows[i] (the grid width = raster)."""
+def windowed(gpt, tokens, feats, m, windows, drawn=False):
+    """Loss of a batch whose sample i is decoded with window windows[i] (the grid width = raster);
+    `drawn`: with the drawn attention (nextset.py)."""
     g = gpt.grid
-    inputs, visible, positions = nextset.batch(tokens, windows, g, g, gpt.cls_token_num)
+    inputs, visible, positions = nextset.batch(tokens, windows, g, g, gpt.cls_token_num, drawn)
     return gpt(inputs, feats, m, targets=tokens, visible=visible, positions=positions)[1]
 
 
@@ -496,7 +501,7 @@ def heldout_loss(cfg, gpt_sd, text_sd, heldout, batch=64, window=None):
             if window is None:
                 _, loss = gpt(tk[:, :-1], feats, m, targets=tk)
             else:
-                loss = windowed(gpt, tk, feats, m, [window] * len(tk))
+                loss = windowed(gpt, tk, feats, m, [window] * len(tk), drawn=cfg["zipar_attention"] == "drawn")
             total += loss.item() * len(tk)
     return total / len(tokens)
 
@@ -553,7 +558,7 @@ def train_gpt(cfg, data, work, out, log, resume, seed, export_fn, heldout):
     n = len(tokens)
     n_params = sum(p.numel() for p in gpt.parameters())
     log(f"gpt: {n_params / 1e6:.2f}M parameters, {total} steps of {bs}, dataset {n}; ZipAR-visibility share "
-        f"{cfg['zipar_share']} with windows {cfg['zipar_windows']}")
+        f"{cfg['zipar_share']} with windows {cfg['zipar_windows']}, {cfg['zipar_attention']} attention")
     t0, s0, avg = time.time(), step, (ck["loss"] if ck is not None else None)
     budget = Budget(total, cfg.get("gpt_minutes"), used, start)
     gpt.train()
@@ -591,7 +596,7 @@ def train_gpt(cfg, data, work, out, log, resume, seed, export_fn, heldout):
         if share > 0:
             zipar = rng.random(bs) < share
             windows = np.where(zipar, rng.choice(cfg["zipar_windows"], bs), gpt.grid)
-            loss = windowed(gpt, tok, feats, m, windows)
+            loss = windowed(gpt, tok, feats, m, windows, drawn=cfg["zipar_attention"] == "drawn")
         else:
             _, loss = gpt(tok[:, :-1], feats, m, targets=tok)
         opt.zero_grad(set_to_none=True)
@@ -658,8 +663,11 @@ def export_model(out, cfg, vq, gpt_sd, text_sd, sampling, info):
         with open(os.path.join(tmp, "grammar.json"), "w") as f:
             json.dump(shapes.grammar_json(), f, indent=1)
             f.write("\n")
-        return {"name": cfg["name"], "gpt": cfg["gpt"].config_json(), "vq": cfg["vq"].config_json(),
-                "sampling": sampling, "image_size": cfg["image_size"], "training": info}
+        config = {"name": cfg["name"], "gpt": cfg["gpt"].config_json(), "vq": cfg["vq"].config_json(),
+                  "sampling": sampling, "image_size": cfg["image_size"], "training": info}
+        if cfg["zipar_attention"] != "zipar":  # the mask zipar decodes ZipAR schedules with (README)
+            config["attention"] = cfg["zipar_attention"]
+        return config
 
     export_dir(out, text_sd, write)
 
@@ -870,6 +878,9 @@ def main(argv=None):
                     help="share of the GPT's samples trained under ZipAR visibility, in [0, 1]")
     ap.add_argument("--zipar-windows",
                     help="comma-separated ZipAR windows drawn for those samples (repeat one to weight it), e.g. 3,4,4,5")
+    ap.add_argument("--zipar-attention", choices=("zipar", "drawn"),
+                    help="the mask of those samples: ZipAR's (causal in slot order) or drawn (every token drawn so "
+                         "far, lower rows too); a drawn model is decoded with it (config.json \"attention\")")
     args = ap.parse_args(argv)
     phases = set(PHASES) if not args.only else set(args.only.split(","))
     if not phases <= set(PHASES):
@@ -904,6 +915,8 @@ def main(argv=None):
         if not windows or any(not 1 <= w < grid for w in windows):
             ap.error(f"--zipar-windows must be between 1 and the grid width - 1 ({grid - 1}), got {args.zipar_windows}")
         cfg["zipar_windows"] = windows
+    if args.zipar_attention is not None:
+        cfg["zipar_attention"] = args.zipar_attention
     if args.gpt_layers is not None:
         if args.gpt_layers < 1:
             ap.error(f"--gpt-layers must be at least 1, got {args.gpt_layers}")
@@ -931,7 +944,7 @@ def main(argv=None):
                            args.seed)
     info_base = {"image_size": cfg["image_size"], "dataset": cfg["dataset"], "gpt_batch": cfg["gpt_batch"],
                  "left_first": cfg["left_first"], "zipar_share": cfg["zipar_share"],
-                 "zipar_windows": list(cfg["zipar_windows"]),
+                 "zipar_windows": list(cfg["zipar_windows"]), "zipar_attention": cfg["zipar_attention"],
                  "dec_batch": cfg["dec_batch"], "tokenizer": {k: round(v, 4) for k, v in tok_stats.items()}}
     if "dec" in phases:
         _, dec_stats = train_decoder(cfg, tok, work, log, args.resume, args.seed)

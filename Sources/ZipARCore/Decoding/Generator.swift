@@ -14,6 +14,8 @@ public struct GenerationOptions {
     public var seed: UInt64 = 0
     /// Upstream ZipAR attention: unwritten slots visible as zero keys/values (for comparison only).
     public var holes = false
+    /// Drawn attention (AttentionVisibility.drawn): for models trained on it.
+    public var drawn = false
     /// Adaptive window (ZipAR v3): the first token of row r+1 is drafted once row r holds this many
     /// tokens and re-checked by a speculative accept/reject test each time row r grows, until it is
     /// accepted or row r reaches the schedule's window. nil = the static schedule.
@@ -86,11 +88,14 @@ public final class Generator {
     public func generate(_ condition: Condition, options: GenerationOptions,
                          progress: ((Int, Int) -> Void)? = nil) throws -> GenerationResult {
         try options.sampling.validate()
+        guard !(options.holes && options.drawn) else {
+            throw ZipARError("the upstream holes mode and the drawn attention are different masks; pick one")
+        }
         let start = Date()
         let cfg = options.sampling.cfgScale > 1
         var run = Run(cfg: cfg, cache: cfg ? cfgCache : plainCache,
                       sampler: Sampler(settings: options.sampling, vocab: gpt.config.vocab_size),
-                      rng: RNG(seed: options.seed), visibility: AttentionVisibility(holes: options.holes),
+                      rng: RNG(seed: options.seed), visibility: AttentionVisibility(holes: options.holes, drawn: options.drawn),
                       tokens: [Int](repeating: -1, count: gpt.config.block_size))
         run.cache.reset()
         try prefill(condition, &run)

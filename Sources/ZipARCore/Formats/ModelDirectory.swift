@@ -13,6 +13,9 @@ public final class ModelDirectory {
     public let classes: [String]?
     /// Default sampling settings the model ships with ("sampling" in config.json), if any.
     public let samplingDefaults: [String: Any]
+    /// The attention the GPT was trained to decode ZipAR schedules with ("attention" in config.json):
+    /// "zipar" (ZipAR's mask, the default) or "drawn" (AttentionVisibility.drawn).
+    public let attention: String
     public let raw: [String: Any]
 
     public var gptPath: String { path + "/gpt.safetensors" }
@@ -37,6 +40,7 @@ public final class ModelDirectory {
         }
         name = (dict["name"] as? String) ?? URL(fileURLWithPath: path).standardizedFileURL.lastPathComponent
         samplingDefaults = (dict["sampling"] as? [String: Any]) ?? [:]
+        attention = try Self.attentionMode(dict["attention"] ?? "zipar", where: cfgPath + ": \"attention\"")
         for f in ["gpt.safetensors", "vq.safetensors"] where !FileManager.default.fileExists(atPath: path + "/" + f) {
             throw ZipARError("\(path) has no \(f)")
         }
@@ -47,6 +51,14 @@ public final class ModelDirectory {
         } else {
             classes = nil
         }
+    }
+
+    /// "zipar" or "drawn", else a clear error naming `place`.
+    public static func attentionMode(_ value: Any, where place: String) throws -> String {
+        guard let s = value as? String, ["zipar", "drawn"].contains(s) else {
+            throw ZipARError("\(place) must be \"zipar\" or \"drawn\", got \(value)")
+        }
+        return s
     }
 
     public func loadGPT() throws -> GPT { try GPT(config: gpt, weights: try SafeTensorsFile(path: gptPath)) }

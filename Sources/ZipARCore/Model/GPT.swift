@@ -25,7 +25,14 @@ public struct AttentionVisibility {
     public var holes = false
     /// t2i caption padding mask over the condition prefix (true = valid); nil for c2i.
     public var captionMask: [Bool]? = nil
-    public init(holes: Bool = false, captionMask: [Bool]? = nil) { self.holes = holes; self.captionMask = captionMask }
+    /// "Drawn" attention: an image query sees every slot written so far, also slots after its own,
+    /// so an upper ZipAR row sees what the rows below it already drew (ZipAR's own mask is causal in
+    /// slot order and hides them). Only for models trained on it (config.json "attention": "drawn",
+    /// tools/train/nextset.py); raster order is the same either way.
+    public var drawn = false
+    public init(holes: Bool = false, captionMask: [Bool]? = nil, drawn: Bool = false) {
+        self.holes = holes; self.captionMask = captionMask; self.drawn = drawn
+    }
 }
 
 /// The LlamaGen GPT (c2i and t2i), computed exactly as the official code does in float32.
@@ -192,7 +199,8 @@ public final class GPT {
                 }
             }
             prof?.lap("rope+cache")
-            attention(state: state, cache: cache, layer: li, positions: positions, rowsOf: rowsOf)
+            attention(state: state, cache: cache, layer: li, positions: positions, rowsOf: rowsOf,
+                      keysEnd: visibility.drawn ? cache.writtenEnd : 0)
             prof?.lap("attention")
             layer.wo.apply(att, rows: R, into: xb)
             Ops.add(x, xb, count: R * d)
@@ -221,20 +229,22 @@ public final class GPT {
         let S = cache.slots, cls = config.cls_token_num
         for (r, p) in positions.enumerated() {
             let m = state.mask + r * S
-            for j in 0...p {
+            // Drawn: image queries see the written slots after their own too (the prefix stays causal).
+            let end = visibility.drawn && p >= cls ? max(p, cache.writtenEnd - 1) : p
+            for j in 0...end {
                 var ok = visibility.holes || cache.written[j]
                 if j < cls, let cap = visibility.captionMask, !cap[j], j != p { ok = false }
                 m[j] = ok ? 1 : 0
             }
-            if p + 1 < S { (m + p + 1).update(repeating: 0, count: S - p - 1) }
+            if end + 1 < S { (m + end + 1).update(repeating: 0, count: S - end - 1) }
         }
     }
 
     /// Multi-head attention. Queries that read the same cache head (same batch entry, same KV head:
     /// every row of the pass and, with GQA, every query head of the group) are handled together, so
     /// each key and value row is read once per pass instead of once per query. Groups are split
-    /// across workers.
-    private func attention(state: ForwardState, cache: KVCache, layer: Int, positions: [Int], rowsOf: [[Int]]) {
+    /// across workers. Keys run to the last query's slot, or to `keysEnd` when larger (drawn attention).
+    private func attention(state: ForwardState, cache: KVCache, layer: Int, positions: [Int], rowsOf: [[Int]], keysEnd: Int) {
         let c = config, hd = c.headDim, nh = c.n_head, nkv = c.kvHeads
         let qkvW = (nh + 2 * nkv) * hd, group = nh / nkv, S = cache.slots
         let scale = 1 / Float(hd).squareRoot(), sab = c.usesSAB
@@ -253,7 +263,7 @@ public final class GPT {
             for job in (chunks == 1 ? 0..<jobs : chunk..<(chunk + 1)) {
                 let b = job / nkv, g = job % nkv, rows = rowsOf[b]
                 guard !rows.isEmpty else { continue }
-                let n = rows.map { positions[$0] }.max()! + 1
+                let n = max(rows.map { positions[$0] }.max()! + 1, keysEnd)
                 // Query i = (row rows[i / group], head g*group + i % group); q and out rows are hd apart within a row.
                 for (ri, r) in rows.enumerated() {
                     for h in 0..<group { offsets[ri * group + h] = Int32(r * S); qslots[ri * group + h] = Int32(positions[r]) }

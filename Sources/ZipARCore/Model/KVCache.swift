@@ -131,7 +131,9 @@ public final class KVCache {
         storage.store(b, layer, head, slot: slot, key: key, value: value)
     }
 
-    public func markWritten(_ slot: Int) { written[slot] = true }
+    public func markWritten(_ slot: Int) { written[slot] = true; writtenEnd = max(writtenEnd, slot + 1) }
+    /// One past the last written slot.
+    public private(set) var writtenEnd = 0
 
     /// The slot holds its final key/value (not a ZipAR proxy that a later pass overwrites).
     public func markFinal(_ slot: Int) {
@@ -163,6 +165,7 @@ public final class KVCache {
         storage.reset()
         for i in written.indices { written[i] = false; final[i] = false }
         finalUpTo = 0
+        writtenEnd = 0
     }
 }
 
