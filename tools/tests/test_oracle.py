@@ -19,10 +19,11 @@ import oracle  # noqa: E402
 nextset = pytest.importorskip("nextset")
 
 
+@pytest.mark.parametrize("drawn", [False, True])
 @pytest.mark.parametrize("g,window", [(5, 1), (5, 2), (6, 3), (6, 4), (6, 6)])
-def test_visibility_is_the_cells_a_zipar_query_sees(g, window):
-    vis, _ = oracle.visibility(g, window)
-    nvis, src = nextset.layout(g, g, window)
+def test_visibility_is_the_cells_a_zipar_query_sees(g, window, drawn):
+    vis, _ = oracle.visibility(g, window, drawn)
+    nvis, src = nextset.layout(g, g, window, drawn)
     N = g * g
     last = np.arange(g - 1) * g + g - 1
     for q in range(1, N):

@@ -15,10 +15,13 @@ with the oracle reproduces the bank's distribution, so its row measures the coun
 objects 3 px apart can touch at cell resolution); the window rows minus the raster row are what the
 visibility alone costs.
 
+With `--attention drawn` the queries see every cell drawn at an earlier step, the lower rows' too
+(zipar's drawn attention, nextset.py): what that mask buys a perfect model.
+
 A sampled context that no bank scene matches ("left the support": the independent draws of one
 pass made a picture the renderer never makes) has its remaining cells drawn as background.
 
-    python3 tools/train/oracle.py --objects 1 --n 100 --bank 20000 --windows 8,4
+    python3 tools/train/oracle.py --objects 1 --n 100 --bank 20000 --windows 8,4 [--attention drawn]
 """
 
 import argparse
@@ -49,11 +52,13 @@ def occupancy_bank(n, objects, seed, size=64):
     return out
 
 
-def visibility(g, window):
-    """[N, N] bool: vis[q, p] = the query that samples cell q sees cell p (window >= g: raster)."""
+def visibility(g, window, drawn=False):
+    """[N, N] bool: vis[q, p] = the query that samples cell q sees cell p (window >= g: raster);
+    `drawn`: every cell sampled at an earlier step, not only those at earlier slots."""
     k = np.arange(g * g)
     step = k if window >= g else (k // g) * window + k % g
-    return (k[None, :] < k[:, None]) & (step[None, :] < step[:, None]), step
+    vis = step[None, :] < step[:, None]
+    return (vis if drawn else vis & (k[None, :] < k[:, None])), step
 
 
 def components(cells, g):
@@ -61,10 +66,10 @@ def components(cells, g):
     return len(shapes._components(cells.reshape(g, g)))
 
 
-def sample(bank, window, rng):
+def sample(bank, window, rng, drawn=False):
     """One occupancy grid drawn pass by pass from the oracle; (cells, left_support)."""
     g = int(round(bank.shape[1] ** 0.5))
-    vis, step = visibility(g, window)
+    vis, step = visibility(g, window, drawn)
     b = bank.astype(np.float32)  # [n, N]
     x = np.zeros(g * g, bool)
     left = False
@@ -82,7 +87,7 @@ def sample(bank, window, rng):
     return x, left
 
 
-def evaluate(bank, objects, windows, n, seed):
+def evaluate(bank, objects, windows, n, seed, drawn=False):
     """Rows (mode, wrong-count rate, left-support rate) for raster and each window, same seeds."""
     g = int(round(bank.shape[1] ** 0.5))
     rows = []
@@ -90,7 +95,7 @@ def evaluate(bank, objects, windows, n, seed):
         rng = np.random.default_rng(seed)
         wrong = left = 0
         for _ in range(n):
-            x, out = sample(bank, w, rng)
+            x, out = sample(bank, w, rng, drawn)
             wrong += components(x, g) != objects
             left += out
         rows.append(("raster" if w >= g else f"window {w}", wrong / n, left / n))
@@ -104,6 +109,8 @@ def main(argv=None):
     ap.add_argument("--bank", type=int, default=20000, help="renderer scenes the conditionals are estimated from")
     ap.add_argument("--windows", default="8,4", help="comma-separated ZipAR windows")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--attention", choices=("zipar", "drawn"), default="zipar",
+                    help="what a query sees: ZipAR's mask (earlier steps and slots) or drawn (every earlier step)")
     args = ap.parse_args(argv)
     try:
         windows = [int(w) for w in args.windows.split(",")]
@@ -113,8 +120,8 @@ def main(argv=None):
         ap.error("--n, --bank and the windows must be positive")
     t0 = time.time()
     bank = occupancy_bank(args.bank, args.objects, seed=args.seed + 1)
-    rows = evaluate(bank, args.objects, windows, args.n, args.seed)
-    print(f"oracle: {args.objects}-object scenes, bank {args.bank}, {args.n} images per mode, "
+    rows = evaluate(bank, args.objects, windows, args.n, args.seed, args.attention == "drawn")
+    print(f"oracle: {args.objects}-object scenes, {args.attention} attention, bank {args.bank}, {args.n} images per mode, "
           f"{time.time() - t0:.0f} s")
     print("| decoding | wrong object count | left the bank's support |")
     print("|---|---|---|")
