@@ -57,9 +57,11 @@ def ideal_steps(H, W, s):
     return steps
 
 
-def cached_decode(gpt, cond, emb_mask, tokens, H, W, s, drawn=False):
+def cached_decode(gpt, cond, emb_mask, tokens, H, W, s, drawn=False, pick=None):
     """Logits [B, N, vocab] of every cell, decoding `tokens` [B, N] (teacher-forced) with window s;
-    `drawn`: every query sees every written slot (zipar's drawn attention), not only those before it."""
+    `drawn`: every query sees every written slot (zipar's drawn attention), not only those before it.
+    `pick` (free decoding): called with each cell's logits [B, vocab] after its pass; the token it
+    returns is written into `tokens` for every batch row before any pass feeds it."""
     T, N = gpt.cls_token_num, H * W
     B = tokens.shape[0]
     S = T + N
@@ -108,6 +110,8 @@ def cached_decode(gpt, cond, emb_mask, tokens, H, W, s, drawn=False):
         for i, o in enumerate(outs):
             if o is not None:
                 out[:, o] = logits[:, i]
+                if pick is not None:
+                    tokens[:, o] = pick(logits[:, i])
     return out
 
 
@@ -210,58 +214,17 @@ def read_fixture(path):
 def greedy_decode(gpt, caption, emb_mask, H, W, s, drawn, cfg_scale):
     """Greedy tokens [N] of one caption ([1, T, caption_dim]), batch = (cond, uncond) when cfg_scale > 1."""
     T = gpt.cls_token_num
-    tokens = torch.full((1, H * W), -1, dtype=torch.long)
-    cond = gpt.cls_embedding(caption, train=False)[:, :T]
-    mask = emb_mask
+    cond, mask = gpt.cls_embedding(caption, train=False)[:, :T], emb_mask
     if cfg_scale > 1:
         uncond = gpt.cls_embedding(caption, train=False, force_drop_ids=torch.ones(1, dtype=torch.bool))[:, :T]
         cond, mask = torch.cat([cond, uncond]), torch.cat([emb_mask, emb_mask])
-    B, S, N = cond.shape[0], T + H * W, H * W
-    layers = gpt.layers
-    att0 = layers[0].attention
-    K = [torch.zeros(B, att0.n_kv_head, S, att0.head_dim) for _ in layers]
-    V = [torch.zeros(B, att0.n_kv_head, S, att0.head_dim) for _ in layers]
-    written = torch.zeros(S, dtype=torch.bool)
-    for inputs in ideal_steps(H, W, s):
-        rows, pos, outs = [], [], []
-        for slot, cell, o in inputs:
-            if slot == -1:
-                rows += [cond[:, t] for t in range(T)]
-                pos += list(range(T))
-                outs += [None] * (T - 1) + [o]
-            else:
-                assert tokens[0, cell] >= 0
-                rows.append(gpt.tok_embeddings(tokens[:, cell].repeat(B)))
-                pos.append(T + slot)
-                outs.append(o)
-        h = torch.stack(rows, dim=1)
-        p = torch.tensor(pos)
-        written[p] = True
-        keys = torch.arange(S)
-        m = written[None, :] & ((keys[None, :] <= p[:, None]) | (drawn & (p[:, None] >= T)))
-        m = m[None].repeat(B, 1, 1)
-        m[:, :, :T] &= mask[:, None, :]
-        m[:, torch.arange(len(pos)), p] = True
-        fc = gpt.freqs_cis[p]
-        R = len(pos)
-        for li, layer in enumerate(layers):
-            att = layer.attention
-            x = layer.attention_norm(h)
-            kvd = att.n_kv_head * att.head_dim
-            q, k, v = att.wqkv(x).split([att.n_head * att.head_dim, kvd, kvd], dim=-1)
-            q = apply_rotary_emb(q.view(B, R, att.n_head, att.head_dim), fc).transpose(1, 2)
-            k = apply_rotary_emb(k.view(B, R, att.n_kv_head, att.head_dim), fc).transpose(1, 2)
-            v = v.view(B, R, att.n_kv_head, att.head_dim).transpose(1, 2)
-            K[li][:, :, p] = k
-            V[li][:, :, p] = v
-            o = F.scaled_dot_product_attention(q, K[li], V[li], attn_mask=m[:, None])
-            h = h + att.wo(o.transpose(1, 2).reshape(B, R, -1))
-            h = h + layer.feed_forward(layer.ffn_norm(h))
-        logits = gpt.output(gpt.norm(h)).float()
-        for i, o in enumerate(outs):
-            if o is not None:
-                lg = logits[0, i] if B == 1 else logits[1, i] + cfg_scale * (logits[0, i] - logits[1, i])
-                tokens[0, o] = int(lg.argmax())
+    tokens = torch.full((cond.shape[0], H * W), -1, dtype=torch.long)
+
+    def pick(logits):  # LlamaGen's guidance: uncond + scale * (cond - uncond)
+        guided = logits[0] if len(logits) == 1 else logits[1] + cfg_scale * (logits[0] - logits[1])
+        return int(guided.argmax())
+
+    cached_decode(gpt, cond, mask, tokens, H, W, s, drawn, pick)
     return tokens[0].tolist()
 
 
