@@ -21,6 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "train"))
 
 import nextset  # noqa: E402
+from test_train import load_t2i_fixture, needs_fixtures  # noqa: E402
 from model import GPTArgs, Transformer, apply_rotary_emb  # noqa: E402
 
 
@@ -196,19 +197,6 @@ def test_drawn_attention_sees_the_lower_rows_and_changes_only_zipar(tiny):
 
 ROOT = os.path.dirname(os.path.dirname(HERE))
 FIXTURE = os.path.join(ROOT, "Tests", "fixtures", "drawn_greedy.json")
-LLAMAGEN = os.path.join(os.path.dirname(ROOT), "shared", "fixtures", "llamagen")
-
-
-def read_fixture(path):
-    import json
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(n))
-        data = f.read()
-    dt = {"F32": np.float32, "I64": np.int64, "U8": np.uint8}
-    return {k: torch.from_numpy(np.frombuffer(data[v["data_offsets"][0]:v["data_offsets"][1]], dtype=dt[v["dtype"]])
-                                .reshape(v["shape"]).copy())
-            for k, v in header.items() if k != "__metadata__"}
 
 
 def greedy_decode(gpt, caption, emb_mask, H, W, s, drawn, cfg_scale):
@@ -228,17 +216,10 @@ def greedy_decode(gpt, caption, emb_mask, H, W, s, drawn, cfg_scale):
     return tokens[0].tolist()
 
 
+@needs_fixtures
 def test_swift_drawn_fixture_is_current():
     import json
-    cfg = json.load(open(os.path.join(LLAMAGEN, "gpt_t2i_tiny.config.json")))
-    args = GPTArgs(**{k: cfg[k] for k in ["dim", "n_layer", "n_head", "n_kv_head", "multiple_of", "ffn_dim_multiplier",
-                                          "rope_base", "norm_eps", "vocab_size", "block_size", "num_classes",
-                                          "class_dropout_prob", "cls_token_num", "model_type", "caption_dim"]})
-    gpt = Transformer(args).eval()
-    weights = read_fixture(os.path.join(LLAMAGEN, "gpt_t2i_tiny.weights.safetensors"))
-    missing, _ = gpt.load_state_dict(weights, strict=False)
-    assert all(k == "freqs_cis" for k in missing), missing
-    io = read_fixture(os.path.join(LLAMAGEN, "gpt_t2i_tiny.io.safetensors"))
+    gpt, io = load_t2i_fixture()
     caption, emb_mask = io["input.caption_embs"], io["input.emb_mask"] > 0.5
     with torch.no_grad():
         # The reference decode reproduces the official greedy raster tokens: the loader and loop are right.

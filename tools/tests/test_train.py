@@ -163,8 +163,8 @@ def read_st(path):
 needs_fixtures = pytest.mark.skipif(not os.path.isdir(FIXTURES), reason="no LlamaGen fixtures")
 
 
-@needs_fixtures
-def test_gpt_t2i_matches_official_fixture():
+def load_t2i_fixture():
+    """The official tiny t2i GPT as a model.Transformer (eval mode) and its io tensors, as torch."""
     import torch
     from model import GPTArgs, Transformer
     cfg = json.load(open(os.path.join(FIXTURES, "gpt_t2i_tiny.config.json")))
@@ -175,6 +175,14 @@ def test_gpt_t2i_matches_official_fixture():
     w = {k: torch.from_numpy(v.copy()) for k, v in read_st(os.path.join(FIXTURES, "gpt_t2i_tiny.weights.safetensors")).items()}
     m.load_state_dict(w, strict=True)
     io = {k: torch.from_numpy(v.copy()) for k, v in read_st(os.path.join(FIXTURES, "gpt_t2i_tiny.io.safetensors")).items()}
+    return m, io
+
+
+@needs_fixtures
+def test_gpt_t2i_matches_official_fixture():
+    import torch
+    from model import Transformer
+    m, io = load_t2i_fixture()
     assert torch.allclose(m.freqs_cis, io["freqs_cis"], atol=1e-6)
     mask = io["input.emb_mask"].bool()
     S = 120 + 64
