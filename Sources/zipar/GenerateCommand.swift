@@ -68,7 +68,8 @@ struct GenerateCommand: ParsableCommand {
             let params = ImageParameters(prompt: promptText, sampling: sampling, seed: options.seed, imageSize: image.width,
                                          model: dir.name, window: schedule.window, gridWidth: schedule.width,
                                          policy: schedule.policy, holes: options.holes, forwardPasses: result.forwardPasses,
-                                         version: Zipar.version, adaptiveMinWindow: options.adaptiveMinWindow)
+                                         version: Zipar.version, adaptiveMinWindow: options.adaptiveMinWindow,
+                                         attention: options.drawn ? "drawn" : "zipar")
             let path = numberedPath(output, i)
             try ImageFile.write(image, to: path, metadata: [(key: "parameters", value: params.a1111)], jpegQuality: jpegQuality)
             allTokens.append(result.tokens)

@@ -44,9 +44,16 @@ final class CLITests: XCTestCase {
         let (img2, text2) = try ImageFile.read(dir + "/out_2.png")
         let params = try XCTUnwrap(text2["parameters"])
         XCTAssertTrue(params.hasPrefix("class 3 (three, tri)\n"), params)
-        for field in ["Seed: 6", "Window: 3", "Policy: ideal", "Forward passes: 29", "CFG scale: 4.0", "Top-k: 2000", "Model: tiny"] {
+        for field in ["Seed: 6", "Window: 3", "Policy: ideal", "Forward passes: 29", "CFG scale: 4.0", "Top-k: 2000", "Model: tiny", "Attention: zipar"] {
             XCTAssertTrue(params.contains(field), "\(field) missing in \(params)")
         }
+        // --attention drawn is recorded, and changes a ZipAR image of the same seed.
+        try zipar(["generate", "--model", model, "--class", "tri", "--window", "3", "--seed", "6", "--attention", "drawn",
+                   "-o", dir + "/drawn.png", "--quiet"])
+        let (drawnImage, drawnText) = try ImageFile.read(dir + "/drawn.png")
+        XCTAssertTrue(try XCTUnwrap(drawnText["parameters"]).contains("Attention: drawn"))
+        XCTAssertNotEqual(drawnImage.pixels, img2.pixels)
+        try FileManager.default.removeItem(atPath: dir + "/drawn.png")
         // Image i of --count equals a single run with seed+i, bit for bit.
         try zipar(["generate", "--model", model, "--class", "3", "--window", "3", "--seed", "6", "-o", dir + "/single.png"])
         XCTAssertEqual(try ImageFile.read(dir + "/single.png").image, img2)

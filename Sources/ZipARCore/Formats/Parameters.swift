@@ -15,12 +15,16 @@ public struct ImageParameters {
     public var forwardPasses: Int
     public var version: String
     public var adaptiveMinWindow: Int?
+    /// Attention of the ZipAR passes: "zipar" or "drawn" (AttentionVisibility.drawn).
+    public var attention: String
 
     public init(prompt: String, sampling: SamplingSettings, seed: UInt64, imageSize: Int, model: String, window: Int,
-                gridWidth: Int, policy: ZipARPolicy, holes: Bool, forwardPasses: Int, version: String, adaptiveMinWindow: Int? = nil) {
+                gridWidth: Int, policy: ZipARPolicy, holes: Bool, forwardPasses: Int, version: String, adaptiveMinWindow: Int? = nil,
+                attention: String = "zipar") {
         self.prompt = prompt; self.sampling = sampling; self.seed = seed; self.imageSize = imageSize; self.model = model
         self.window = window; self.gridWidth = gridWidth; self.policy = policy; self.holes = holes
         self.forwardPasses = forwardPasses; self.version = version; self.adaptiveMinWindow = adaptiveMinWindow
+        self.attention = attention
     }
 
     /// "raster" or "zipar window 8 (ideal)".
@@ -37,7 +41,7 @@ public struct ImageParameters {
             ("CFG interval", "\(s.cfgInterval)"), ("Top-k", "\(s.topK)"), ("Top-p", fmt(s.topP)),
             ("Temperature", fmt(s.temperature)), ("Seed", "\(seed)"), ("Size", "\(imageSize)x\(imageSize)"),
             ("Model", model), ("Window", window >= gridWidth ? "raster" : adaptiveMinWindow.map { "adaptive \($0)-\(window)" } ?? "\(window)"), ("Policy", policy.rawValue),
-            ("Holes", holes ? "true" : "false"), ("Forward passes", "\(forwardPasses)"), ("Version", "zipar \(version)"),
+            ("Holes", holes ? "true" : "false"), ("Attention", attention), ("Forward passes", "\(forwardPasses)"), ("Version", "zipar \(version)"),
         ]
         return prompt + "\n" + fields.map { "\($0.0): \($0.1)" }.joined(separator: ", ")
     }
