@@ -80,7 +80,7 @@ struct BenchCommand: ParsableCommand {
         var schemeList = try schemes.map { try parseSchemes($0) } ?? []
         var vq: VQDecoder? = nil
         var name = ""
-        var drawn = modelOptions.attention == "drawn"
+        var drawn = modelOptions.drawn(nil)
         var makeGPT: () throws -> GPT
         if let r = randomInit {
             let side = try grid.map { try ScheduleCommand.parseGrid($0).0 } ?? 16

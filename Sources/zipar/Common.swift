@@ -41,7 +41,9 @@ struct ModelOptions: ParsableArguments {
         guard zipvlTau > 0, zipvlTau <= 1 else { throw ValidationError("--zipvl-tau must be in (0, 1]") }
         if let b = zipcacheBlock, b < 8 || b > 4096 { throw ValidationError("--zipcache-block must be between 8 and 4096") }
         guard ZipCacheScore(rawValue: zipcacheScore) != nil else { throw ValidationError("--zipcache-score must be exact or probe") }
-        if let a = attention, !["zipar", "drawn"].contains(a) { throw ValidationError("--attention must be zipar or drawn, got '\(a)'") }
+        if let a = attention {
+            do { _ = try ModelDirectory.attentionMode(a, where: "--attention") } catch let e as ZipARError { throw ValidationError(e.message) }
+        }
     }
 
     /// Whether ZipAR passes use the drawn attention: --attention, else the model's own.
