@@ -311,6 +311,7 @@ def test_train_init_from_a_model_directory():
         steps = json.load(open(os.path.join(src, "config.json")))["training"]["gpt_steps"]
         cfg = json.load(open(os.path.join(src, "config.json")))
         cfg["sampling"] = {"cfg_scale": 2.5, "temperature": 1.0, "top_k": 0, "top_p": 0.8}  # as a tune might pick
+        cfg["attention"] = "drawn"  # a model trained for the drawn attention keeps training for it
         json.dump(cfg, open(os.path.join(src, "config.json"), "w"))
         work2 = os.path.join(tmp, "w2")
         r = subprocess.run([sys.executable, train, "--tiny", "-o", out, "--work", work2, "--init-from", src,
@@ -321,6 +322,7 @@ def test_train_init_from_a_model_directory():
         assert json.load(open(os.path.join(out, "config.json")))["training"]["gpt_steps"] == steps + 2
         # without a tune phase the export keeps the source model's sampling
         assert json.load(open(os.path.join(out, "config.json")))["sampling"] == cfg["sampling"]
+        assert "drawn attention" in r.stdout and json.load(open(os.path.join(out, "config.json")))["attention"] == "drawn"
         # the warm start's decoder is the model's, bit for bit
         a, b = read_st(os.path.join(src, "vq.safetensors")), read_st(os.path.join(out, "vq.safetensors"))
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)

@@ -917,6 +917,16 @@ def main(argv=None):
         cfg["zipar_windows"] = windows
     if args.zipar_attention is not None:
         cfg["zipar_attention"] = args.zipar_attention
+    elif args.init_from:
+        # A model trained for the drawn attention goes on training for it unless told otherwise.
+        try:
+            with open(os.path.join(args.init_from, "config.json")) as f:
+                cfg["zipar_attention"] = json.load(f).get("attention", "zipar")
+        except (OSError, ValueError):
+            pass  # init_from_model stops with a message about the unreadable config
+        if cfg["zipar_attention"] not in ("zipar", "drawn"):
+            ap.error(f"--init-from {args.init_from}: config.json \"attention\" must be zipar or drawn, "
+                     f"got {cfg['zipar_attention']!r}")
     if args.gpt_layers is not None:
         if args.gpt_layers < 1:
             ap.error(f"--gpt-layers must be at least 1, got {args.gpt_layers}")
