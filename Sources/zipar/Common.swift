@@ -46,8 +46,9 @@ struct ModelOptions: ParsableArguments {
         }
     }
 
-    /// Whether ZipAR passes use the drawn attention: --attention, else the model's own.
-    func drawn(_ dir: ModelDirectory?) -> Bool { (attention ?? dir?.attention ?? "zipar") == "drawn" }
+    /// The attention of ZipAR passes ("zipar" or "drawn"): --attention, else the model's own.
+    func attentionMode(_ dir: ModelDirectory?) -> String { attention ?? dir?.attention ?? "zipar" }
+    func drawn(_ dir: ModelDirectory?) -> Bool { attentionMode(dir) == "drawn" }
 
     var kvPrecision: KVCacheKind { KVCacheKind(rawValue: kvCache) ?? .fp32 }
 

@@ -135,7 +135,7 @@ struct EvalCommand: ParsableCommand {
             header["grid"] = [side, side]
             header["image_size"] = [dir.imageSize, dir.imageSize]
             header["policy"] = policy.rawValue
-            header["attention"] = modelOptions.drawn(dir) ? "drawn" : "zipar"
+            header["attention"] = modelOptions.attentionMode(dir)
             // Floats printed through Double would show 0.800000011920929; round-trip them through their shortest text.
             func d(_ x: Float) -> Double { Double("\(x)") ?? Double(x) }
             header["sampling"] = ["cfg_scale": d(sampling.cfgScale), "cfg_interval": sampling.cfgInterval, "top_k": sampling.topK,

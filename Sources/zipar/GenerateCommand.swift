@@ -69,7 +69,7 @@ struct GenerateCommand: ParsableCommand {
                                          model: dir.name, window: schedule.window, gridWidth: schedule.width,
                                          policy: schedule.policy, holes: options.holes, forwardPasses: result.forwardPasses,
                                          version: Zipar.version, adaptiveMinWindow: options.adaptiveMinWindow,
-                                         attention: options.drawn ? "drawn" : "zipar")
+                                         attention: modelOptions.attentionMode(dir))
             let path = numberedPath(output, i)
             try ImageFile.write(image, to: path, metadata: [(key: "parameters", value: params.a1111)], jpegQuality: jpegQuality)
             allTokens.append(result.tokens)

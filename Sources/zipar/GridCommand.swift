@@ -83,7 +83,7 @@ struct GridCommand: ParsableCommand {
                     let p = ImageParameters(prompt: text, sampling: sampling, seed: seed, imageSize: dir.imageSize, model: dir.name,
                                             window: w, gridWidth: side, policy: policy, holes: false,
                                             forwardPasses: result.forwardPasses, version: Zipar.version,
-                                            attention: options.drawn ? "drawn" : "zipar")
+                                            attention: modelOptions.attentionMode(dir))
                     rowParams.append(p.a1111)
                     records.append(["row": rows.count, "column": row.count - 1, "parameters": p.a1111])
                     done += 1
